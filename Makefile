@@ -1,0 +1,41 @@
+# make run: start the service with ops/dev.toml (embedded PostgreSQL unless DATABASE_URL is set)
+# make test: the whole suite against a real PostgreSQL (embedded unless TEST_DATABASE_URL is set)
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck check migrate verify clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m service serve --config ops/dev.toml
+
+migrate: $(STAMP)
+	$(BIN)/python -m service migrate --config ops/dev.toml
+
+verify: $(STAMP)
+	$(BIN)/python -m service verify --config ops/dev.toml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check service tests ops
+	$(BIN)/ruff format --check service tests ops
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

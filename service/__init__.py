@@ -1,0 +1,1 @@
+"""The postback ledger: the system of record for users' virtual currency."""

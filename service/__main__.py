@@ -1,0 +1,104 @@
+"""Command line: serve, migrate, verify (CONTRACT 1)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from . import logs
+from .db import Unavailable, connection
+from .embedded import EmbeddedError
+from .settings import ConfigError, Settings, load
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="postback-ledger", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", help="listen address (default: server.host)")
+    serve.add_argument("--port", type=int, help="listen port (default: server.port)")
+    commands.add_parser("migrate", help="apply schema.sql (safe to repeat)")
+    commands.add_parser("verify", help="recompute projections from the event log and compare")
+    for command in commands.choices.values():
+        command.add_argument("--config", help="TOML file (default: $LEDGER_CONFIG)")
+    return parser
+
+
+def _settings(path: str | None) -> Settings:
+    path = path or os.environ.get("LEDGER_CONFIG")
+    if not path:
+        raise ConfigError("no configuration: pass --config PATH or set LEDGER_CONFIG")
+    return load(path, os.environ)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # The server logs to stdout; one-shot commands keep stdout for their result.
+    logs.configure(stream=sys.stdout if args.command == "serve" else sys.stderr)
+    try:
+        settings = _settings(args.config)
+        if args.command == "serve":
+            return _serve(settings, args.host, args.port)
+        return asyncio.run(_COMMANDS[args.command](settings))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (Unavailable, EmbeddedError) as exc:
+        print(f"error: database: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(settings: Settings, host: str | None, port: int | None) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+    from .logs import log
+
+    host = host or settings.server.host
+    port = port or settings.server.port
+    log.info("serving", host=host, port=port, providers=[p.name for p in settings.providers])
+    try:
+        web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None)
+    except OSError as exc:
+        if isinstance(exc, ConnectionError):
+            raise
+        print(f"error: cannot serve on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    from .app import database
+
+    async with database(settings):
+        pass
+    print("migrate: schema.sql applied")
+    return 0
+
+
+async def _verify(settings: Settings) -> int:
+    from .app import database
+    from .verify import verify
+
+    async with database(settings) as dsn:
+        conn = await connection.connect(dsn)
+        try:
+            report = await verify(conn)
+        finally:
+            await conn.close()
+    for line in report.differences:
+        print(line)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+_COMMANDS = {"migrate": _migrate, "verify": _verify}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The application factory and its resources."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from . import keys, metrics
+from .db import connection
+from .embedded import DATABASE, EmbeddedPostgres
+from .logs import log
+from .settings import Settings
+from .web import middlewares
+from .web.auth import ApiKeys
+from .web.routes import add_routes
+from .web.walls import Walls
+from .writer import Writer
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings, *, wait: float = 30.0) -> AsyncIterator[str]:
+    """The DSN of a migrated database: `database.url`, or the embedded server started here."""
+    embedded = None
+    if settings.database.url:
+        dsn = settings.database.url
+    else:
+        embedded = EmbeddedPostgres(settings.database.data_dir)
+        admin_dsn = await asyncio.to_thread(embedded.start)
+        log.info("embedded postgresql started", data_dir=str(embedded.data_dir))
+        await connection.ensure_database(admin_dsn, DATABASE)
+        dsn = embedded.dsn(DATABASE)
+    try:
+        await connection.migrate(dsn, wait=wait)
+        yield dsn
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+            log.info("embedded postgresql released", data_dir=str(embedded.data_dir))
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[middlewares.request_context, middlewares.errors, middlewares.authenticate],
+    )
+    app[keys.SETTINGS] = settings
+    app[keys.WALLS] = Walls.from_settings(settings)
+    app[keys.API_KEYS] = ApiKeys(settings.api_keys)
+    metrics.initialise(p.name for p in settings.providers)
+    app.cleanup_ctx.append(_database)
+    add_routes(app)
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    db = settings.database
+    async with database(settings) as dsn:
+        pool = await connection.create_pool(
+            dsn, min_size=db.pool_min_size, max_size=db.pool_max_size, timeout=db.timeout
+        )
+        app[keys.POOL] = pool
+        app[keys.WRITER] = Writer(pool)
+        try:
+            yield
+        finally:
+            await pool.close()

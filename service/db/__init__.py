@@ -1,0 +1,39 @@
+"""Every SQL statement of the service lives in this package.
+
+`connection.py` opens pools and applies the schema, `write.py` is the one write path, `read.py`
+answers the API and `verify`. asyncpg errors are translated here: a lost or refused connection is
+`Unavailable` (HTTP 503), never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+import asyncpg
+
+
+class Unavailable(Exception):
+    """The database could not be reached or could not finish the work; retrying later may help."""
+
+
+# A deadlock or serialization failure is transient: the write path retries it, then gives up
+# as Unavailable. Everything here means "the database is not answering", not "the input is bad".
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,  # shutdown, starting up, query canceled
+    asyncpg.InsufficientResourcesError,  # disk full, too many connections
+    asyncpg.TransactionRollbackError,  # deadlock, serialization failure
+)
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    try:
+        yield
+    except UNAVAILABLE_ERRORS as exc:
+        raise Unavailable(f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,90 @@
+"""Pools, the schema, and the embedded server's database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from . import UNAVAILABLE_ERRORS, Unavailable, translated
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
+# Any constant will do: it only keeps two processes from applying the schema at once.
+_SCHEMA_LOCK = 0x5CE3A
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: msgspec.json.encode(v).decode(),
+        decoder=msgspec.json.decode,
+        schema="pg_catalog",
+    )
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int, timeout: float) -> asyncpg.Pool:
+    with translated():
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            command_timeout=timeout,
+            timeout=timeout,
+            init=_init_connection,
+        )
+    return pool
+
+
+async def apply_schema(conn: asyncpg.Connection) -> None:
+    sql = SCHEMA_PATH.read_text(encoding="utf-8")
+    with translated():
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+            await conn.execute(sql)
+
+
+async def migrate(dsn: str, *, wait: float = 0.0) -> None:
+    """Apply schema.sql, waiting up to `wait` seconds for the database to accept connections."""
+    conn = await connect(dsn, wait=wait)
+    try:
+        await apply_schema(conn)
+    finally:
+        await conn.close()
+
+
+async def connect(dsn: str, *, wait: float = 0.0, **kwargs: Any) -> asyncpg.Connection:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with translated():
+                return await asyncpg.connect(dsn, timeout=10, **kwargs)
+        except Unavailable:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def ensure_database(admin_dsn: str, name: str) -> None:
+    """Create database `name` unless it exists (the embedded server starts with none)."""
+    conn = await connect(admin_dsn, wait=10)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            except asyncpg.DuplicateDatabaseError:
+                pass  # another process created it first
+    finally:
+        await conn.close()
+
+
+async def ping(pool: asyncpg.Pool, timeout: float) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            return bool(await pool.fetchval("SELECT 1"))
+    except UNAVAILABLE_ERRORS:
+        return False

@@ -1,0 +1,85 @@
+"""Reads for the API and for `verify`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+from ..domain.events import Event, EventType
+from . import translated
+
+_EVENT_COLUMNS = "position, provider, key, type, user_id, amount, provider_ref, test, data, recorded_at"
+
+
+def _event(row: asyncpg.Record) -> Event:
+    return Event(
+        position=row["position"],
+        provider=row["provider"],
+        key=row["key"],
+        type=EventType(row["type"]),
+        user_id=row["user_id"],
+        amount=row["amount"],
+        provider_ref=row["provider_ref"],
+        test=row["test"],
+        data=row["data"],
+        recorded_at=row["recorded_at"],
+    )
+
+
+async def wallet(pool: asyncpg.Pool, user_id: str) -> asyncpg.Record | None:
+    with translated():
+        row: asyncpg.Record | None = await pool.fetchrow(
+            "SELECT user_id, balance, total_credited, total_reversed, event_count, updated_at"
+            " FROM wallets WHERE user_id = $1",
+            user_id,
+        )
+    return row
+
+
+async def wallet_events(pool: asyncpg.Pool, user_id: str, after: int, limit: int) -> list[Event]:
+    # Gap-free by construction: the write path hands out a user's positions under that user's
+    # lock, so an event of this user that commits later always has a higher position.
+    with translated():
+        rows = await pool.fetch(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE user_id = $1 AND position > $2"
+            " ORDER BY position LIMIT $3",
+            user_id,
+            after,
+            limit,
+        )
+    return [_event(r) for r in rows]
+
+
+async def postbacks(
+    pool: asyncpg.Pool, provider: str | None, outcome: str | None, before: int | None, limit: int
+) -> list[asyncpg.Record]:
+    with translated():
+        rows: list[asyncpg.Record] = await pool.fetch(
+            "SELECT id, received_at, request_id, provider, outcome, http_status, detail, client_ip,"
+            " method, params, event_position FROM postback_log"
+            " WHERE ($1::text IS NULL OR provider = $1) AND ($2::text IS NULL OR outcome = $2)"
+            " AND ($3::bigint IS NULL OR id < $3)"
+            " ORDER BY id DESC LIMIT $4",
+            provider,
+            outcome,
+            before,
+            limit,
+        )
+    return rows
+
+
+async def snapshot_events(conn: asyncpg.Connection, chunk: int = 10_000) -> AsyncIterator[Event]:
+    """Every event in position order; call inside a repeatable-read transaction."""
+    async for row in conn.cursor(
+        f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY position", prefetch=chunk
+    ):
+        yield _event(row)
+
+
+async def snapshot_wallets(conn: asyncpg.Connection) -> dict[str, Any]:
+    rows = await conn.fetch(
+        "SELECT user_id, balance, total_credited, total_reversed, event_count FROM wallets"
+    )
+    return {r["user_id"]: r for r in rows}

@@ -1,0 +1,239 @@
+"""The one write path: `append(pool, batch)` records a batch of postbacks in one transaction.
+
+For every submission it decides the outcome (new event, duplicate, conflict, or the refusal the
+handler already found), appends the new events, folds them into the wallet projection, and writes
+the postback log, all in the same transaction: an answer is only given for what has committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+import asyncpg
+import msgspec
+
+from .. import metrics
+from ..domain import wallet
+from ..domain.events import Outcome, Postback
+from ..providers.base import Answer
+from . import Unavailable, translated
+
+Key = tuple[str, str]
+
+# Why the advisory locks come first: holding every touched user's lock *before* the events get
+# their positions means that, per user, positions are handed out in commit order, so a reader
+# paging one wallet's events by position can never skip one that commits late. Taking them in
+# sorted order means two batches can never wait on each other in a cycle.
+_LOCK_USERS = """
+SELECT pg_advisory_xact_lock(h)
+FROM (SELECT DISTINCT hashtextextended(u, 0) AS h FROM unnest($1::text[]) AS u ORDER BY h) AS l
+"""
+
+# The unique constraint decides what is new; rows it skips are looked up afterwards. Rows arrive
+# sorted by key, so two batches sharing keys wait on them in the same order.
+_INSERT_EVENTS = """
+INSERT INTO events (provider, key, type, user_id, amount, provider_ref, test, data)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[],
+                     $6::text[], $7::bool[], $8::text[]::jsonb[])
+ON CONFLICT (provider, key) DO NOTHING
+RETURNING provider, key, position
+"""
+
+_EXISTING_EVENTS = """
+SELECT e.provider, e.key, e.type, e.user_id, e.amount, e.position
+FROM events AS e
+JOIN unnest($1::text[], $2::text[]) AS k(provider, key) ON e.provider = k.provider AND e.key = k.key
+"""
+
+# Sorted by user so that concurrent batches lock wallet rows in one order (no deadlock).
+_UPSERT_WALLETS = """
+INSERT INTO wallets AS w (user_id, balance, total_credited, total_reversed, event_count,
+                          last_position, updated_at)
+SELECT u, b, c, r, n, p, now()
+FROM unnest($1::text[], $2::numeric[], $3::numeric[], $4::numeric[], $5::bigint[], $6::bigint[])
+     AS t(u, b, c, r, n, p)
+ORDER BY u
+ON CONFLICT (user_id) DO UPDATE SET
+    balance = w.balance + EXCLUDED.balance,
+    total_credited = w.total_credited + EXCLUDED.total_credited,
+    total_reversed = w.total_reversed + EXCLUDED.total_reversed,
+    event_count = w.event_count + EXCLUDED.event_count,
+    last_position = greatest(w.last_position, EXCLUDED.last_position),
+    updated_at = now()
+"""
+
+_INSERT_LOG = """
+INSERT INTO postback_log (request_id, provider, outcome, http_status, detail, client_ip, method,
+                          params, event_position)
+SELECT r, p, o, s, d, ip, m, pa::jsonb, ep
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::int8[]) AS t(r, p, o, s, d, ip, m, pa, ep)
+"""
+
+_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    request_id: str
+    provider: str
+    method: str
+    client_ip: str | None
+    params: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One received postback: normalised, or already refused (`refusal`, `refusal_status`)."""
+
+    log: LogEntry
+    answer: Callable[[Outcome, str], Answer]
+    postback: Postback | None = None
+    refusal: Outcome = Outcome.INVALID
+    refusal_detail: str = ""
+    refusal_status: int = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    outcome: Outcome
+    detail: str
+    answer: Answer
+    position: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    type: str
+    user_id: str
+    amount: Decimal
+    position: int
+
+
+async def append(pool: asyncpg.Pool, batch: Sequence[Submission]) -> list[Receipt]:
+    """Record `batch` in one transaction; raises `Unavailable` when that cannot be done."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            with translated():
+                async with pool.acquire() as conn, conn.transaction():
+                    receipts, new = await _append(conn, batch)
+            break
+        except Unavailable as exc:
+            retriable = isinstance(exc.__cause__, asyncpg.TransactionRollbackError)
+            if not retriable or attempt == _ATTEMPTS:
+                raise
+    for postback in new:
+        metrics.EVENTS.labels(type=postback.type.value).inc()
+    return receipts
+
+
+async def _append(
+    conn: asyncpg.Connection, batch: Sequence[Submission]
+) -> tuple[list[Receipt], list[Postback]]:
+    # The first copy of each key in the batch is the candidate; later copies are judged against
+    # whatever the log holds for that key, exactly as a copy in a later batch would be.
+    candidates: dict[Key, Postback] = {}
+    for sub in batch:
+        if sub.postback is not None:
+            candidates.setdefault((sub.postback.provider, sub.postback.key), sub.postback)
+    ordered = [candidates[k] for k in sorted(candidates)]
+
+    inserted: dict[Key, int] = {}
+    stored: dict[Key, _Stored] = {}
+    if ordered:
+        await conn.execute(_LOCK_USERS, sorted({p.user_id for p in ordered}))
+        rows = await conn.fetch(_INSERT_EVENTS, *_event_columns(ordered))
+        inserted = {(r["provider"], r["key"]): r["position"] for r in rows}
+        for key, position in inserted.items():
+            p = candidates[key]
+            stored[key] = _Stored(p.type.value, p.user_id, p.amount, position)
+        skipped = [k for k in candidates if k not in inserted]
+        if skipped:
+            rows = await conn.fetch(
+                _EXISTING_EVENTS, [k[0] for k in skipped], [k[1] for k in skipped]
+            )
+            for r in rows:
+                stored[(r["provider"], r["key"])] = _Stored(
+                    r["type"], r["user_id"], r["amount"], r["position"]
+                )
+
+    receipts: list[Receipt] = []
+    fresh: set[Key] = set()
+    for sub in batch:
+        receipts.append(_judge(sub, inserted, stored, fresh))
+
+    new = [candidates[k] for k in sorted(inserted, key=inserted.__getitem__)]
+    if new:
+        await conn.execute(_UPSERT_WALLETS, *_wallet_columns(new, inserted))
+    await conn.execute(_INSERT_LOG, *_log_columns(batch, receipts))
+    return receipts, new
+
+
+def _judge(
+    sub: Submission, inserted: dict[Key, int], stored: dict[Key, _Stored], fresh: set[Key]
+) -> Receipt:
+    p = sub.postback
+    if p is None:
+        answer = sub.answer(sub.refusal, sub.refusal_detail)
+        if sub.refusal_status != answer.status:
+            answer = Answer(sub.refusal_status, sub.refusal_detail)
+        return Receipt(sub.refusal, sub.refusal_detail, answer, None)
+    key = (p.provider, p.key)
+    if key in inserted and key not in fresh:
+        fresh.add(key)
+        outcome, detail = wallet.outcome(p), f"recorded as event {inserted[key]}"
+    else:
+        s = stored[key]
+        if (s.type, s.user_id, s.amount) == (p.type.value, p.user_id, p.amount):
+            outcome, detail = Outcome.DUPLICATE, f"already recorded as event {s.position}"
+        else:
+            outcome = Outcome.CONFLICT
+            detail = f"already recorded with a different user or amount as event {s.position}"
+    return Receipt(outcome, detail, sub.answer(outcome, detail), stored[key].position)
+
+
+def _event_columns(postbacks: list[Postback]) -> list[list[object]]:
+    return [
+        [p.provider for p in postbacks],
+        [p.key for p in postbacks],
+        [p.type.value for p in postbacks],
+        [p.user_id for p in postbacks],
+        [p.amount for p in postbacks],
+        [p.provider_ref for p in postbacks],
+        [p.test for p in postbacks],
+        [msgspec.json.encode(p.data).decode() for p in postbacks],
+    ]
+
+
+def _wallet_columns(new: list[Postback], inserted: dict[Key, int]) -> list[list[object]]:
+    # The wallet fold is a sum, so folding a batch's events from zero gives the change to add.
+    deltas: dict[str, wallet.Wallet] = {}
+    last: dict[str, int] = {}
+    for p in new:
+        deltas[p.user_id] = wallet.apply(deltas.get(p.user_id, wallet.Wallet()), p)
+        last[p.user_id] = max(last.get(p.user_id, 0), inserted[(p.provider, p.key)])
+    users = sorted(deltas)
+    return [
+        users,
+        [deltas[u].balance for u in users],
+        [deltas[u].total_credited for u in users],
+        [deltas[u].total_reversed for u in users],
+        [deltas[u].event_count for u in users],
+        [last[u] for u in users],
+    ]
+
+
+def _log_columns(batch: Sequence[Submission], receipts: list[Receipt]) -> list[list[object]]:
+    return [
+        [s.log.request_id for s in batch],
+        [s.log.provider for s in batch],
+        [r.outcome.value for r in receipts],
+        [r.answer.status for r in receipts],
+        [r.detail for r in receipts],
+        [s.log.client_ip for s in batch],
+        [s.log.method for s in batch],
+        [msgspec.json.encode(s.log.params).decode() for s in batch],
+        [r.position for r in receipts],
+    ]

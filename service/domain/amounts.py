@@ -1,0 +1,32 @@
+"""Amounts: exact decimals, parsed from the text the wall sent, never rounded."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+# Plain decimal notation only: no sign, exponent, NaN or Infinity. Fifteen integer digits keep
+# every amount below 10^15 (CONTRACT 3); the fraction is bounded so that no input can make the
+# database work on a number of absurd size. Leading zeros are harmless and allowed.
+_AMOUNT = re.compile(r"0*([0-9]{1,15})(?:\.([0-9]{1,20}))?")
+
+
+class AmountError(ValueError):
+    pass
+
+
+def parse_amount(text: str) -> Decimal:
+    """The exact value of `text`, or AmountError naming why it is not an amount."""
+    if not _AMOUNT.fullmatch(text):
+        if text.strip() != text or not text:
+            raise AmountError("is not a decimal number")
+        if text.startswith("-"):
+            raise AmountError("must not be negative")
+        raise AmountError("must be a plain decimal number below 10^15 (at most 20 decimals)")
+    return Decimal(text)
+
+
+def format_amount(value: Decimal) -> str:
+    """The JSON form of an amount: a string holding the exact decimal, never exponent notation."""
+    text = format(value, "f")
+    return "0" if text in ("-0", "") else text

@@ -1,0 +1,61 @@
+"""The ledger's own vocabulary: normalised postbacks, stored events, outcomes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+
+class EventType(StrEnum):
+    CREDITED = "credited"
+    REVERSED = "reversed"
+    RECEIPT_STATUS_CHANGED = "receipt_status_changed"
+
+
+class Outcome(StrEnum):
+    """What became of one postback; the label values of `ledger_postbacks_total`."""
+
+    CREDITED = "credited"
+    REVERSED = "reversed"
+    STATUS_CHANGED = "status_changed"
+    RECORDED = "recorded"  # new event that moves no balance: zero reward, test
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"  # same idempotency key, different user or amount: nothing applied
+    IGNORED = "ignored"
+    REJECTED = "rejected"  # authentication failed
+    INVALID = "invalid"
+    UNAVAILABLE = "unavailable"
+
+
+class Postback(msgspec.Struct, frozen=True, kw_only=True):
+    """A postback normalised by its provider module: everything the write path needs."""
+
+    provider: str
+    # Unique per provider; the database's unique constraint on (provider, key) is what makes
+    # every retry harmless.
+    key: str
+    type: EventType
+    user_id: str
+    amount: Decimal
+    provider_ref: str
+    test: bool = False
+    data: dict[str, Any] = {}
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """An event as the log holds it."""
+
+    position: int
+    provider: str
+    key: str
+    type: EventType
+    user_id: str
+    amount: Decimal
+    provider_ref: str
+    test: bool
+    data: dict[str, Any]
+    recorded_at: dt.datetime

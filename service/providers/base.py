@@ -1,0 +1,258 @@
+"""What every wall protocol shares: the inbound request, refusals, parameters, the source check.
+
+A protocol module (see `registry.py`) has one shape:
+
+    SECRET_PARAMS: frozenset[str]            parameter names never stored or logged
+    REQUIRED_SETTINGS: tuple[str, ...]       provider settings it cannot work without
+    def normalise(provider, inbound) -> Postback     raises Invalid or Unauthenticated
+    def answer(outcome, detail) -> Answer            the wall's own response convention
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
+from urllib.parse import parse_qsl
+
+import msgspec
+
+from .. import settings
+from ..domain.events import Outcome, Postback
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+AuthReason = Literal["signature", "token", "source_ip"]
+
+MAX_ID_LENGTH = 255
+MAX_TEXT_LENGTH = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A postback request as a protocol sees it: no aiohttp types, so protocols stay testable."""
+
+    method: str
+    query: tuple[tuple[str, str], ...]
+    content_type: str
+    body: bytes
+    client_ip: IPAddress | None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: str
+    content_type: str = "text/plain"
+
+
+class Refused(Exception):
+    """A postback that records nothing in the ledger; `detail` is one line for the caller."""
+
+    outcome: Outcome = Outcome.INVALID
+    status: int = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class Invalid(Refused):
+    outcome = Outcome.INVALID
+    status = 400
+
+
+class TooLarge(Refused):
+    outcome = Outcome.INVALID
+    status = 413
+
+
+class Unauthenticated(Refused):
+    outcome = Outcome.REJECTED
+    status = 403
+
+    def __init__(self, reason: AuthReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason: AuthReason = reason
+
+
+def plain(status: int, body: str) -> Answer:
+    return Answer(status=status, body=body)
+
+
+class WallProtocol(Protocol):
+    """The shape of every module in `service/providers/` (mypy checks modules against it)."""
+
+    SECRET_PARAMS: frozenset[str]
+    REQUIRED_SETTINGS: tuple[str, ...]  # Provider fields that must be non-empty
+
+    def normalise(self, provider: settings.Provider, inbound: Inbound) -> Postback: ...
+
+    def answer(self, outcome: Outcome, detail: str) -> Answer: ...
+
+
+# --- authentication helpers -------------------------------------------------------------------
+
+
+def md5_hex(*parts: str) -> str:
+    return hashlib.md5("".join(parts).encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def same_secret(expected: str, received: str) -> bool:
+    """Constant-time comparison that accepts any text the caller sent, even non-ASCII."""
+    return hmac.compare_digest(expected.encode("utf-8"), received.encode("utf-8", "replace"))
+
+
+def same_hex_digest(expected_lower_hex: str, received: str) -> bool:
+    """Constant-time comparison of a hex digest, accepting either case."""
+    return same_secret(expected_lower_hex, received.lower())
+
+
+def check_source(
+    allowed: tuple[Network, ...], client_ip: IPAddress | None, expected_token: str, token: str | None
+) -> None:
+    """The checks every wall may have: the source address allowlist, then the URL token."""
+    if allowed and (client_ip is None or not any(client_ip in net for net in allowed)):
+        raise Unauthenticated("source_ip", "source address not allowed")
+    if expected_token and not same_secret(expected_token, token or ""):
+        raise Unauthenticated("token", "invalid token")
+
+
+def client_address(
+    peer: str | None, forwarded_for: Iterable[str], trusted: tuple[Network, ...]
+) -> IPAddress | None:
+    """The real client: the socket peer, or, only when the peer is a trusted proxy, the
+    right-most X-Forwarded-For entry that is not itself a trusted proxy.
+
+    Entries left of the first untrusted hop were written by the client and prove nothing, which
+    is why the walk goes right to left and stops there. A malformed entry ends the walk with no
+    address, so an allowlist then refuses the request.
+    """
+    address = _ip(peer)
+    if address is None or not _in(address, trusted):
+        return address
+    hops = [h.strip() for header in forwarded_for for h in header.split(",")]
+    for hop in reversed(hops):
+        hop_ip = _ip(hop)
+        if hop_ip is None:
+            return None
+        if not _in(hop_ip, trusted):
+            return hop_ip
+        address = hop_ip
+    return address
+
+
+def _ip(text: str | None) -> IPAddress | None:
+    if not text:
+        return None
+    try:
+        address = ipaddress.ip_address(text.strip().removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def _in(address: IPAddress, networks: tuple[Network, ...]) -> bool:
+    return any(address in net for net in networks)
+
+
+# --- parameters ---------------------------------------------------------------------------------
+
+
+def _checked(name: str, value: str) -> str:
+    if "\x00" in value:
+        raise Invalid(f"parameter {name} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid(f"parameter {name} is not valid UTF-8") from None
+    return value
+
+
+def raw_pairs(inbound: Inbound) -> list[tuple[str, str]]:
+    """Query parameters, then those of a form or JSON-object body, as the wall sent them."""
+    pairs = list(inbound.query)
+    if not inbound.body:
+        return pairs
+    ctype = inbound.content_type.split(";")[0].strip().lower()
+    if ctype == "application/x-www-form-urlencoded":
+        try:
+            text = inbound.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Invalid("form body is not valid UTF-8") from None
+        pairs.extend(parse_qsl(text, keep_blank_values=True))
+    elif ctype == "application/json" or ctype.endswith("+json"):
+        pairs.extend(_json_pairs(inbound.body))
+    else:
+        raise Invalid(f"unsupported Content-Type {ctype or '(none)'}: send a form or JSON body")
+    return pairs
+
+
+def _json_pairs(body: bytes) -> list[tuple[str, str]]:
+    # Raw values keep numbers exactly as sent: "10.50" must stay "10.50" for the signature.
+    try:
+        obj = msgspec.json.decode(body, type=dict[str, msgspec.Raw])
+    except msgspec.DecodeError:
+        raise Invalid("body is not a JSON object") from None
+    pairs = []
+    for name, raw in obj.items():
+        text = bytes(raw).decode("utf-8")
+        if text.startswith('"'):
+            pairs.append((name, json.loads(text)))
+        elif text[:1] in "-0123456789":
+            pairs.append((name, text))
+        elif text in ("true", "false"):
+            pairs.append((name, text))
+        elif text != "null":
+            raise Invalid(f"JSON field {name} must be a string, number or boolean")
+    return pairs
+
+
+def params(inbound: Inbound) -> dict[str, str]:
+    """Parameters by lowercase name. A name sent twice is refused: which copy is the real one
+    would be a guess, and parameter pollution is how signed values get swapped."""
+    found: dict[str, str] = {}
+    for name, value in raw_pairs(inbound):
+        key = _checked(name, name).lower()
+        if key in found:
+            raise Invalid(f"parameter {key} is given more than once")
+        found[key] = _checked(key, value)
+    return found
+
+
+def require(found: Mapping[str, str], names: Iterable[str]) -> None:
+    missing = [n for n in names if not found.get(n)]
+    if missing:
+        raise Invalid(f"missing parameter: {', '.join(missing)}")
+
+
+def bounded(found: Mapping[str, str], name: str, limit: int = MAX_ID_LENGTH) -> str:
+    value = found[name]
+    if len(value) > limit:
+        raise Invalid(f"parameter {name} is longer than {limit} characters")
+    return value
+
+
+def loggable(inbound: Inbound, secret: frozenset[str]) -> dict[str, str]:
+    """What the postback log keeps of the parameters: never a signature or token, always text
+    the database can store."""
+    try:
+        pairs = raw_pairs(inbound)
+    except Refused:
+        pairs = list(inbound.query)
+    kept: dict[str, str] = {}
+    for name, value in pairs[:100]:
+        if name.lower() in secret:
+            continue
+        kept[_storable(name)[:100]] = _storable(value)[:MAX_TEXT_LENGTH]
+    return kept
+
+
+def _storable(text: str) -> str:
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")

@@ -1,0 +1,71 @@
+"""Medioot-style walls (CONTRACT 3.1, seed medioot-postback.txt).
+
+GET (or POST) with `subid`, `transid`, `reward`, `status`, `signature` = md5(subid + transid +
+reward + secret) over the strings exactly as received. `status` 1 credits, 2 reverses. The
+signature does not cover `status`: configure `allowed_ips` to stop a replay with it flipped.
+"""
+
+from __future__ import annotations
+
+from ..domain.amounts import AmountError, parse_amount
+from ..domain.events import EventType, Outcome, Postback
+from ..settings import Provider
+from .base import (
+    Answer,
+    Inbound,
+    Invalid,
+    Unauthenticated,
+    bounded,
+    md5_hex,
+    params,
+    plain,
+    require,
+    same_hex_digest,
+)
+
+SECRET_PARAMS = frozenset({"signature"})
+REQUIRED_SETTINGS = ("secret",)
+_REQUIRED = ("subid", "transid", "reward", "status", "signature")
+_EXTRA = ("payout", "userip", "campaign_id", "offer_type", "country", "uuid", "offer_name")
+_STATUS = {"1": ("credit", EventType.CREDITED), "2": ("reversal", EventType.REVERSED)}
+
+
+def normalise(provider: Provider, inbound: Inbound) -> Postback:
+    found = params(inbound)
+    require(found, _REQUIRED)
+    subid, transid, reward = found["subid"], found["transid"], found["reward"]
+    if not same_hex_digest(md5_hex(subid, transid, reward, provider.secret), found["signature"]):
+        raise Unauthenticated("signature", "invalid signature")
+    if found["status"] not in _STATUS:
+        raise Invalid("status must be 1 (credit) or 2 (reversal)")
+    try:
+        amount = parse_amount(reward)
+    except AmountError as exc:
+        raise Invalid(f"reward {exc}") from None
+    kind, event_type = _STATUS[found["status"]]
+    return Postback(
+        provider=provider.name,
+        # (transid, status): the credit and the reversal of one transaction are two events.
+        key=f"{kind}:{bounded(found, 'transid')}",
+        type=event_type,
+        user_id=bounded(found, "subid"),
+        amount=amount,
+        provider_ref=transid,
+        # `uuid` is the click: a reversal sent under a new transid links to its credit by it.
+        data={name: bounded(found, name, 2000) for name in _EXTRA if found.get(name)},
+    )
+
+
+def answer(outcome: Outcome, detail: str) -> Answer:
+    match outcome:
+        case Outcome.DUPLICATE | Outcome.CONFLICT | Outcome.IGNORED:
+            # The wall stops retrying on DUP; for a conflict, retrying cannot help either.
+            return plain(200, "DUP")
+        case Outcome.REJECTED:
+            return plain(403, detail)
+        case Outcome.INVALID:
+            return plain(400, detail)
+        case Outcome.UNAVAILABLE:
+            return plain(503, "database unavailable, retry later")
+        case _:
+            return plain(200, "OK")

@@ -1,0 +1,193 @@
+"""Configuration: a TOML file decoded into msgspec Structs (CONTRACT section 2).
+
+`load(path, environ)` returns a validated `Settings` or raises `ConfigError` whose message is one
+line naming the key at fault. Secrets live in these structs; never log them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+SCOPES = ("read",)
+
+_VAR = re.compile(r"\$\{([^}]*)\}")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """A configuration problem, described in one line."""
+
+
+class Server(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    trusted_proxies: list[str] = []
+    max_body_bytes: int = 65536
+
+
+class Database(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    url: str = ""
+    data_dir: str = ".data/postgres"
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    # Seconds a request may wait for the database before it is answered 503.
+    timeout: float = 5.0
+
+
+class Provider(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    name: str
+    protocol: str
+    secret: str = ""
+    url_token: str = ""
+    allowed_ips: list[str] = []
+
+
+class ApiKey(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    name: str
+    key: str
+    scopes: list[str] = []
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    server: Server = Server()
+    database: Database = Database()
+    providers: list[Provider] = []
+    api_keys: list[ApiKey] = []
+
+    def provider(self, name: str) -> Provider | None:
+        for provider in self.providers:
+            if provider.name == name:
+                return provider
+        return None
+
+
+def load(path: str | Path, environ: Mapping[str, str]) -> Settings:
+    """Read, expand and validate the TOML file at `path`; `DATABASE_URL` in `environ` wins."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return parse(raw, environ)
+
+
+def parse(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
+    expanded = _expand(raw, environ, "")
+    if environ.get("DATABASE_URL"):
+        expanded.setdefault("database", {})
+        if isinstance(expanded["database"], dict):
+            expanded["database"]["url"] = environ["DATABASE_URL"]
+    try:
+        settings = msgspec.convert(expanded, Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"config: {_describe(str(exc))}") from None
+    _validate(settings)
+    return settings
+
+
+def _expand(value: Any, environ: Mapping[str, str], where: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand(v, environ, f"{where}.{k}" if where else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, environ, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: _lookup(m.group(1), environ, where), value)
+    return value
+
+
+def _lookup(name: str, environ: Mapping[str, str], where: str) -> str:
+    if not _VAR_NAME.fullmatch(name):
+        raise ConfigError(f"config: {where}: '${{{name}}}' is not a valid variable name")
+    if name in environ:
+        return environ[name]
+    if where == "database.url":
+        return ""
+    raise ConfigError(f"config: {where}: environment variable {name} is not set")
+
+
+def _describe(message: str) -> str:
+    # msgspec says "Object contains unknown field `x` - at `$.server`"; name the key TOML-style.
+    text, _, at = message.partition(" - at `")
+    path = at.rstrip("`").removeprefix("$").lstrip(".")
+    return f"{path}: {text}" if path else text
+
+
+def _validate(settings: Settings) -> None:
+    server = settings.server
+    if not 0 < server.port < 65536:
+        raise ConfigError(f"config: server.port: {server.port} is not a TCP port (1-65535)")
+    if server.max_body_bytes < 1:
+        raise ConfigError("config: server.max_body_bytes: must be a positive number of bytes")
+    for i, cidr in enumerate(server.trusted_proxies):
+        _network(cidr, f"server.trusted_proxies[{i}]")
+
+    database = settings.database
+    if not 0 <= database.pool_min_size <= database.pool_max_size or database.pool_max_size < 1:
+        raise ConfigError("config: database.pool_min_size/pool_max_size: need 0 <= min <= max, max >= 1")
+    if database.timeout <= 0:
+        raise ConfigError("config: database.timeout: must be a positive number of seconds")
+
+    seen: set[str] = set()
+    for i, p in enumerate(settings.providers):
+        where = f"providers[{i}]"
+        if not _PROVIDER_NAME.fullmatch(p.name):
+            raise ConfigError(
+                f"config: {where}.name: {p.name!r} must be lowercase letters, digits, '-' or '_'"
+            )
+        if p.name in seen:
+            raise ConfigError(f"config: {where}.name: provider {p.name!r} is defined twice")
+        seen.add(p.name)
+        from .providers.registry import PROTOCOLS  # the registry imports this module
+
+        if p.protocol not in PROTOCOLS:
+            raise ConfigError(
+                f"config: {where}.protocol: {p.protocol!r} is not one of {', '.join(PROTOCOLS)}"
+            )
+        for needed in PROTOCOLS[p.protocol].REQUIRED_SETTINGS:
+            if not getattr(p, needed):
+                raise ConfigError(f"config: {where}.{needed}: protocol {p.protocol} needs it")
+        if p.url_token and not re.fullmatch(r"[A-Za-z0-9_-]{16,}", p.url_token):
+            raise ConfigError(
+                f"config: {where}.url_token: use at least 16 characters of A-Z a-z 0-9 - _"
+            )
+        for j, cidr in enumerate(p.allowed_ips):
+            _network(cidr, f"{where}.allowed_ips[{j}]")
+
+    names: set[str] = set()
+    for i, k in enumerate(settings.api_keys):
+        where = f"api_keys[{i}]"
+        if not k.name or k.name in names:
+            raise ConfigError(f"config: {where}.name: must be present and unique")
+        names.add(k.name)
+        if len(k.key) < 8:
+            raise ConfigError(f"config: {where}.key: must be at least 8 characters")
+        for scope in k.scopes:
+            if scope not in SCOPES:
+                raise ConfigError(
+                    f"config: {where}.scopes: {scope!r} is not one of {', '.join(SCOPES)}"
+                )
+
+
+def _network(text: str, where: str) -> Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ConfigError(f"config: {where}: {text!r} is not an IP address or CIDR") from None
+
+
+def networks(cidrs: list[str]) -> tuple[Network, ...]:
+    """The parsed form of a list already checked by `_validate`."""
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)

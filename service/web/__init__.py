@@ -1,0 +1,1 @@
+"""HTTP: thin handlers, middlewares, and the routes they serve."""

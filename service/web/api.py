@@ -1,0 +1,162 @@
+"""The internal API (CONTRACT 4): wallets, their events, and the postback log."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import re
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from .. import keys
+from ..db import read
+from ..domain.amounts import format_amount
+from ..domain.events import Event, Outcome
+from .auth import requires
+from .middlewares import ApiError
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+_MAX_POSITION = 2**63 - 1
+_CURSOR = re.compile(r"p([0-9]{1,19})")
+
+
+class WalletBody(msgspec.Struct):
+    user_id: str
+    balance: str
+    total_credited: str
+    total_reversed: str
+    event_count: int
+    updated_at: dt.datetime
+
+
+class EventBody(msgspec.Struct):
+    position: int
+    type: str
+    provider: str
+    provider_ref: str
+    amount: str
+    test: bool
+    recorded_at: dt.datetime
+    data: dict[str, Any]
+
+
+class EventsPage(msgspec.Struct):
+    events: list[EventBody]
+    next: str | None
+
+
+class PostbackBody(msgspec.Struct):
+    id: int
+    received_at: dt.datetime
+    request_id: str
+    provider: str
+    outcome: str
+    http_status: int
+    detail: str
+    client_ip: str | None
+    method: str
+    params: dict[str, str]
+    event_position: int | None
+
+
+class PostbacksPage(msgspec.Struct):
+    postbacks: list[PostbackBody]
+    next: str | None
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _json(body: msgspec.Struct) -> web.Response:
+    return web.Response(body=_encode(body), content_type="application/json")
+
+
+def encode_cursor(position: int) -> str:
+    return base64.urlsafe_b64encode(f"p{position}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> int:
+    """A position from an opaque cursor, or from a plain number; ApiError 400 otherwise."""
+    if text.isdigit() and len(text) <= 19:
+        value = int(text)
+    else:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raw = ""
+        match = _CURSOR.fullmatch(raw)
+        if match is None:
+            raise ApiError(400, "invalid_cursor", "cursor is not one this API handed out")
+        value = int(match.group(1))
+    if value > _MAX_POSITION:
+        raise ApiError(400, "invalid_cursor", "cursor is out of range")
+    return value
+
+
+def _limit(request: web.Request) -> int:
+    text = request.query.get("limit", str(DEFAULT_LIMIT))
+    if not text.isdigit() or not 1 <= int(text[:5]) <= MAX_LIMIT:
+        raise ApiError(400, "invalid_limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
+def event_body(event: Event) -> EventBody:
+    return EventBody(
+        position=event.position,
+        type=event.type.value,
+        provider=event.provider,
+        provider_ref=event.provider_ref,
+        amount=format_amount(event.amount),
+        test=event.test,
+        recorded_at=event.recorded_at,
+        data=event.data,
+    )
+
+
+@requires("read")
+async def get_wallet(request: web.Request) -> web.Response:
+    user_id = request.match_info["user_id"]
+    row = await read.wallet(request.app[keys.POOL], user_id)
+    if row is None:
+        raise ApiError(404, "wallet_not_found", f"no wallet for user {user_id!r}")
+    return _json(
+        WalletBody(
+            user_id=row["user_id"],
+            balance=format_amount(row["balance"]),
+            total_credited=format_amount(row["total_credited"]),
+            total_reversed=format_amount(row["total_reversed"]),
+            event_count=row["event_count"],
+            updated_at=row["updated_at"],
+        )
+    )
+
+
+@requires("read")
+async def get_wallet_events(request: web.Request) -> web.Response:
+    after = decode_cursor(request.query["after"]) if request.query.get("after") else 0
+    limit = _limit(request)
+    events = await read.wallet_events(
+        request.app[keys.POOL], request.match_info["user_id"], after, limit
+    )
+    next_cursor = encode_cursor(events[-1].position) if len(events) == limit else None
+    return _json(EventsPage(events=[event_body(e) for e in events], next=next_cursor))
+
+
+@requires("read")
+async def get_postbacks(request: web.Request) -> web.Response:
+    query = request.query
+    outcome = query.get("outcome") or None
+    if outcome is not None and outcome not in {o.value for o in Outcome}:
+        raise ApiError(400, "invalid_outcome", f"outcome must be one of {', '.join(Outcome)}")
+    before = decode_cursor(query["before"]) if query.get("before") else None
+    limit = _limit(request)
+    rows = await read.postbacks(
+        request.app[keys.POOL], query.get("provider") or None, outcome, before, limit
+    )
+    bodies = [PostbackBody(**dict(r)) for r in rows]
+    next_cursor = encode_cursor(bodies[-1].id) if len(bodies) == limit else None
+    return _json(PostbacksPage(postbacks=bodies, next=next_cursor))

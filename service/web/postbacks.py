@@ -1,0 +1,121 @@
+"""The postback endpoint of every wall: /postbacks/{name} and /postbacks/{name}/{token}."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from aiohttp import web
+
+from .. import keys, metrics
+from ..db import Unavailable
+from ..db.write import LogEntry, Receipt, Submission
+from ..domain.events import Outcome
+from ..logs import log
+from ..providers.base import (
+    Inbound,
+    IPAddress,
+    Refused,
+    TooLarge,
+    Unauthenticated,
+    check_source,
+    client_address,
+    loggable,
+    plain,
+)
+from .walls import Wall
+
+
+async def postback(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    walls = request.app[keys.WALLS]
+    wall = walls.by_name.get(request.match_info["name"])
+    token = request.match_info.get("token")
+    # A provider with a URL token answers only on the long path, and one without only on the
+    # short path, so the short path of a token-protected wall looks like any unknown address.
+    if wall is None or (token is None) != (not wall.config.url_token):
+        raise web.HTTPNotFound(text="unknown provider")
+
+    client_ip = client_address(
+        request.remote, request.headers.getall("X-Forwarded-For", []), walls.trusted_proxies
+    )
+    submission = await _intake(request, wall, token, client_ip)
+    try:
+        receipt = await request.app[keys.WRITER].submit(submission)
+    except Unavailable as exc:
+        log.warning("postback not recorded: database unavailable", error=str(exc))
+        receipt = _unrecorded(wall)
+    except Exception:
+        # A bug, not the caller's fault: nothing was committed, so the wall must retry.
+        log.exception("postback not recorded: unexpected error")
+        receipt = _unrecorded(wall)
+
+    name = wall.config.name
+    metrics.POSTBACKS.labels(provider=name, outcome=receipt.outcome.value).inc()
+    metrics.POSTBACK_DURATION.labels(provider=name).observe(time.perf_counter() - started)
+    log.info(
+        "postback",
+        provider=name,
+        outcome=receipt.outcome.value,
+        status=receipt.answer.status,
+        detail=receipt.detail,
+        event_position=receipt.position,
+        client_ip=submission.log.client_ip,
+    )
+    answer = receipt.answer
+    return web.Response(status=answer.status, text=answer.body, content_type=answer.content_type)
+
+
+async def _intake(
+    request: web.Request, wall: Wall, token: str | None, client_ip: IPAddress | None
+) -> Submission:
+    """Authenticate and normalise one request into what the write path takes."""
+    protocol = wall.protocol
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        body = b""
+        refusal: Refused | None = TooLarge(
+            f"body larger than {request.app[keys.SETTINGS].server.max_body_bytes} bytes"
+        )
+    else:
+        refusal = None
+    inbound = Inbound(
+        method=request.method,
+        query=tuple(request.query.items()),
+        content_type=request.headers.get("Content-Type", ""),
+        body=body,
+        client_ip=client_ip,
+    )
+    entry = LogEntry(
+        request_id=_request_id(),
+        provider=wall.config.name,
+        method=request.method,
+        client_ip=str(client_ip) if client_ip is not None else None,
+        params=loggable(inbound, protocol.SECRET_PARAMS),
+    )
+    try:
+        if refusal is not None:
+            raise refusal
+        check_source(wall.allowed, inbound.client_ip, wall.config.url_token, token)
+        normalised = protocol.normalise(wall.config, inbound)
+    except Refused as exc:
+        if isinstance(exc, Unauthenticated):
+            metrics.SIGNATURE_FAILURES.labels(provider=wall.config.name, reason=exc.reason).inc()
+        return Submission(
+            entry, protocol.answer, refusal=exc.outcome, refusal_detail=exc.detail,
+            refusal_status=exc.status,
+        )
+    return Submission(entry, protocol.answer, postback=normalised)
+
+
+def _unrecorded(wall: Wall) -> Receipt:
+    answer = wall.protocol.answer(Outcome.UNAVAILABLE, "")
+    if answer.status != 503:
+        answer = plain(503, "database unavailable, retry later")
+    return Receipt(Outcome.UNAVAILABLE, "database unavailable", answer, None)
+
+
+def _request_id() -> str:
+    request_id = structlog.contextvars.get_contextvars().get("request_id", "")
+    return str(request_id)
