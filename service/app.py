@@ -60,7 +60,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     db = settings.database
     async with database(settings) as dsn:
         pool = await connection.create_pool(
-            dsn, min_size=db.pool_min_size, max_size=db.pool_max_size, timeout=db.timeout
+            dsn, min_size=db.pool_min_size, max_size=db.pool_max_size, wait_limit=db.timeout
         )
         app[keys.POOL] = pool
         app[keys.WRITER] = Writer(pool)

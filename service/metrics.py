@@ -13,7 +13,7 @@ from prometheus_client import Counter, Histogram, disable_created_metrics
 from .domain.events import EventType, Outcome
 
 # The *_created series double every counter for no use in alerting or dashboards.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
 
 POSTBACKS = Counter(
     "ledger_postbacks_total", "Postbacks received, by provider and outcome", ["provider", "outcome"]

@@ -136,7 +136,9 @@ def _validate(settings: Settings) -> None:
 
     database = settings.database
     if not 0 <= database.pool_min_size <= database.pool_max_size or database.pool_max_size < 1:
-        raise ConfigError("config: database.pool_min_size/pool_max_size: need 0 <= min <= max, max >= 1")
+        raise ConfigError(
+            "config: database.pool_min_size/pool_max_size: need 0 <= min <= max, max >= 1"
+        )
     if database.timeout <= 0:
         raise ConfigError("config: database.timeout: must be a positive number of seconds")
 

@@ -26,14 +26,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int, timeout: float) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, min_size: int, max_size: int, wait_limit: float) -> asyncpg.Pool:
+    """A pool whose acquisitions and statements give up after `wait_limit` seconds."""
     with translated():
         pool: asyncpg.Pool = await asyncpg.create_pool(
             dsn,
             min_size=min_size,
             max_size=max_size,
-            command_timeout=timeout,
-            timeout=timeout,
+            command_timeout=wait_limit,
+            timeout=wait_limit,
             init=_init_connection,
         )
     return pool
@@ -82,9 +83,9 @@ async def ensure_database(admin_dsn: str, name: str) -> None:
         await conn.close()
 
 
-async def ping(pool: asyncpg.Pool, timeout: float) -> bool:
+async def ping(pool: asyncpg.Pool, wait_limit: float) -> bool:
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(wait_limit):
             return bool(await pool.fetchval("SELECT 1"))
     except UNAVAILABLE_ERRORS:
         return False

@@ -10,7 +10,9 @@ import asyncpg
 from ..domain.events import Event, EventType
 from . import translated
 
-_EVENT_COLUMNS = "position, provider, key, type, user_id, amount, provider_ref, test, data, recorded_at"
+_EVENT_COLUMNS = (
+    "position, provider, key, type, user_id, amount, provider_ref, test, data, recorded_at"
+)
 
 
 def _event(row: asyncpg.Record) -> Event:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -17,6 +18,7 @@ import msgspec
 from .. import metrics
 from ..domain import wallet
 from ..domain.events import Outcome, Postback
+from ..logs import log
 from ..providers.base import Answer
 from . import Unavailable, translated
 
@@ -124,6 +126,7 @@ async def append(pool: asyncpg.Pool, batch: Sequence[Submission]) -> list[Receip
             retriable = isinstance(exc.__cause__, asyncpg.TransactionRollbackError)
             if not retriable or attempt == _ATTEMPTS:
                 raise
+            log.warning("write transaction rolled back, retrying", attempt=attempt, error=str(exc))
     for postback in new:
         metrics.EVENTS.labels(type=postback.type.value).inc()
     return receipts
@@ -194,7 +197,7 @@ def _judge(
     return Receipt(outcome, detail, sub.answer(outcome, detail), stored[key].position)
 
 
-def _event_columns(postbacks: list[Postback]) -> list[list[object]]:
+def _event_columns(postbacks: list[Postback]) -> list[list[Any]]:
     return [
         [p.provider for p in postbacks],
         [p.key for p in postbacks],
@@ -207,7 +210,7 @@ def _event_columns(postbacks: list[Postback]) -> list[list[object]]:
     ]
 
 
-def _wallet_columns(new: list[Postback], inserted: dict[Key, int]) -> list[list[object]]:
+def _wallet_columns(new: list[Postback], inserted: dict[Key, int]) -> list[list[Any]]:
     # The wallet fold is a sum, so folding a batch's events from zero gives the change to add.
     deltas: dict[str, wallet.Wallet] = {}
     last: dict[str, int] = {}
@@ -225,7 +228,7 @@ def _wallet_columns(new: list[Postback], inserted: dict[Key, int]) -> list[list[
     ]
 
 
-def _log_columns(batch: Sequence[Submission], receipts: list[Receipt]) -> list[list[object]]:
+def _log_columns(batch: Sequence[Submission], receipts: list[Receipt]) -> list[list[Any]]:
     return [
         [s.log.request_id for s in batch],
         [s.log.provider for s in batch],

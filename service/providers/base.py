@@ -113,7 +113,10 @@ def same_hex_digest(expected_lower_hex: str, received: str) -> bool:
 
 
 def check_source(
-    allowed: tuple[Network, ...], client_ip: IPAddress | None, expected_token: str, token: str | None
+    allowed: tuple[Network, ...],
+    client_ip: IPAddress | None,
+    expected_token: str,
+    token: str | None,
 ) -> None:
     """The checks every wall may have: the source address allowlist, then the URL token."""
     if allowed and (client_ip is None or not any(client_ip in net for net in allowed)):

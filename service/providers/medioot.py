@@ -24,7 +24,7 @@ from .base import (
 )
 
 SECRET_PARAMS = frozenset({"signature"})
-REQUIRED_SETTINGS = ("secret",)
+REQUIRED_SETTINGS: tuple[str, ...] = ("secret",)
 _REQUIRED = ("subid", "transid", "reward", "status", "signature")
 _EXTRA = ("payout", "userip", "campaign_id", "offer_type", "country", "uuid", "offer_name")
 _STATUS = {"1": ("credit", EventType.CREDITED), "2": ("reversal", EventType.REVERSED)}

@@ -103,7 +103,10 @@ async def _intake(
         if isinstance(exc, Unauthenticated):
             metrics.SIGNATURE_FAILURES.labels(provider=wall.config.name, reason=exc.reason).inc()
         return Submission(
-            entry, protocol.answer, refusal=exc.outcome, refusal_detail=exc.detail,
+            entry,
+            protocol.answer,
+            refusal=exc.outcome,
+            refusal_detail=exc.detail,
             refusal_status=exc.status,
         )
     return Submission(entry, protocol.answer, postback=normalised)

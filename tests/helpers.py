@@ -1,0 +1,61 @@
+"""Shared test helpers: signing postbacks the way each wall does, and building settings."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+from service.settings import Settings, parse
+
+MEDIOOT_SECRET = "test-medioot-secret"
+READ_KEY = "test-read-key-0001"
+NO_SCOPE_KEY = "test-no-scope-key-0001"
+AUTH = {"Authorization": f"Bearer {READ_KEY}"}
+
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def unique(prefix: str = "u") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def medioot(
+    subid: str,
+    transid: str,
+    reward: str,
+    status: str = "1",
+    secret: str = MEDIOOT_SECRET,
+    **extra: str,
+) -> dict[str, str]:
+    """Query parameters of a Medioot postback, signed over the exact strings given."""
+    return {
+        "subid": subid,
+        "transid": transid,
+        "reward": reward,
+        "status": status,
+        "signature": md5(subid + transid + reward + secret),
+        **extra,
+    }
+
+
+def settings(database_url: str, **overrides: Any) -> Settings:
+    raw: dict[str, Any] = {
+        "server": {"max_body_bytes": 4096},
+        "database": {"url": database_url, "pool_max_size": 10, "timeout": 3.0},
+        "providers": [
+            {"name": "medioot", "protocol": "medioot", "secret": MEDIOOT_SECRET},
+        ],
+        "api_keys": [
+            {"name": "reader", "key": READ_KEY, "scopes": ["read"]},
+            {"name": "noscope", "key": NO_SCOPE_KEY, "scopes": []},
+        ],
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return parse(raw, {})

@@ -1,0 +1,73 @@
+"""Database outages: postbacks answer 503 (never OK without a commit, never 500), /readyz turns
+503, and the service serves again by itself once the database is back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from service.app import create_app
+from tests import helpers
+from tests.dbproxy import DatabaseProxy
+from tests.helpers import AUTH, medioot, unique
+
+Client = TestClient  # type: ignore[type-arg]
+
+
+@pytest.fixture
+async def proxy(database_url: str) -> AsyncIterator[tuple[DatabaseProxy, str]]:
+    proxy = DatabaseProxy(database_url)
+    dsn = await proxy.start()
+    try:
+        yield proxy, dsn
+    finally:
+        await proxy.close()
+
+
+@pytest.fixture
+async def proxied(aiohttp_client: Any, proxy: tuple[DatabaseProxy, str]) -> Client:
+    _, dsn = proxy
+    settings = helpers.settings(dsn, database={"timeout": 1.0})
+    client: Client = await aiohttp_client(create_app(settings))
+    return client
+
+
+async def events_for(pool: asyncpg.Pool, ref: str) -> int:
+    n: int = await pool.fetchval("SELECT count(*) FROM events WHERE provider_ref = $1", ref)
+    return n
+
+
+@pytest.mark.parametrize("failure", ["cut", "stall"])
+async def test_outage_answers_503_and_recovers_without_restart(
+    proxied: Client, proxy: tuple[DatabaseProxy, str], pool: asyncpg.Pool, failure: str
+) -> None:
+    db, _ = proxy
+    user = unique()
+    assert (
+        await proxied.get("/postbacks/medioot", params=medioot(user, unique("tx"), "1"))
+    ).status == 200
+    assert (await proxied.get("/readyz")).status == 200
+
+    getattr(db, failure)()
+    during = medioot(user, unique("tx"), "5")
+    for _ in range(3):
+        resp = await proxied.get("/postbacks/medioot", params=during)
+        assert resp.status == 503
+        assert await resp.text() != "OK"
+    assert (await proxied.get("/readyz")).status == 503
+    resp = await proxied.get(f"/v1/wallets/{user}", headers=AUTH)
+    assert resp.status == 503
+    assert (await resp.json())["error"] == "database_unavailable"
+    assert await events_for(pool, during["transid"]) == 0
+
+    db.restore()
+    resp = await proxied.get("/postbacks/medioot", params=during)
+    assert (resp.status, await resp.text()) == (200, "OK")
+    assert (await proxied.get("/readyz")).status == 200
+    assert await events_for(pool, during["transid"]) == 1
+    resp = await proxied.get(f"/v1/wallets/{user}", headers=AUTH)
+    assert (await resp.json())["balance"] == "6"
