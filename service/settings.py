@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from .text import one_line
+
 SCOPES = ("read",)
 
 _VAR = re.compile(r"\$\{([^}]*)\}")
@@ -26,6 +28,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class ConfigError(Exception):
     """A configuration problem, described in one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 class Server(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -91,7 +96,8 @@ def parse(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         if isinstance(expanded["database"], dict):
             expanded["database"]["url"] = environ["DATABASE_URL"]
     try:
-        settings = msgspec.convert(expanded, Settings)
+        # Not strict: `port = "${PORT}"` expands to a string and must still become a number.
+        settings = msgspec.convert(expanded, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"config: {_describe(str(exc))}") from None
     _validate(settings)

@@ -28,5 +28,6 @@ def parse_amount(text: str) -> Decimal:
 
 def format_amount(value: Decimal) -> str:
     """The JSON form of an amount: a string holding the exact decimal, never exponent notation."""
-    text = format(value, "f")
-    return "0" if text in ("-0", "") else text
+    if value.is_zero():
+        value = value.copy_abs()  # no "-0.00"
+    return format(value, "f")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact
 from typing import Protocol
 
 import msgspec
@@ -11,6 +11,9 @@ import msgspec
 from .events import EventType, Outcome
 
 ZERO = Decimal(0)
+# Amounts carry up to 35 significant digits and sums grow from there; the default context
+# (28 digits) would round them. This one is wide enough for any ledger and traps rounding.
+EXACT = Context(prec=200, traps=[Inexact])
 
 
 class Movement(Protocol):
@@ -38,16 +41,16 @@ def effect(event: Movement) -> Decimal:
     if event.type is EventType.CREDITED:
         return event.amount
     if event.type is EventType.REVERSED:
-        return -event.amount
+        return EXACT.minus(event.amount)
     return ZERO
 
 
 def apply(wallet: Wallet, event: Movement) -> Wallet:
     delta = effect(event)
     return Wallet(
-        balance=wallet.balance + delta,
-        total_credited=wallet.total_credited + max(delta, ZERO),
-        total_reversed=wallet.total_reversed + max(-delta, ZERO),
+        balance=EXACT.add(wallet.balance, delta),
+        total_credited=EXACT.add(wallet.total_credited, max(delta, ZERO)),
+        total_reversed=EXACT.subtract(wallet.total_reversed, min(delta, ZERO)),
         event_count=wallet.event_count + 1,
     )
 

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 from urllib.parse import parse_qsl
 
-import msgspec
-
 from .. import settings
 from ..domain.events import Outcome, Postback
+from ..text import one_line
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -57,6 +56,7 @@ class Refused(Exception):
     status: int = 400
 
     def __init__(self, detail: str) -> None:
+        detail = one_line(detail)
         super().__init__(detail)
         self.detail = detail
 
@@ -198,23 +198,41 @@ def raw_pairs(inbound: Inbound) -> list[tuple[str, str]]:
 
 
 def _json_pairs(body: bytes) -> list[tuple[str, str]]:
-    # Raw values keep numbers exactly as sent: "10.50" must stay "10.50" for the signature.
+    # The standard decoder, because its hooks do what this needs: numbers keep their exact text
+    # ("10.50" must stay "10.50" for the signature) and a repeated key is seen, not overwritten.
     try:
-        obj = msgspec.json.decode(body, type=dict[str, msgspec.Raw])
-    except msgspec.DecodeError:
+        pairs = json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_no_nesting,
+            parse_float=str,
+            parse_int=str,
+            parse_constant=_no_constant,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise Invalid("body is not a JSON object") from None
-    pairs = []
-    for name, raw in obj.items():
-        text = bytes(raw).decode("utf-8")
-        if text.startswith('"'):
-            pairs.append((name, json.loads(text)))
-        elif text[:1] in "-0123456789":
-            pairs.append((name, text))
-        elif text in ("true", "false"):
-            pairs.append((name, text))
-        elif text != "null":
+    if not isinstance(pairs, _Pairs):
+        raise Invalid("body is not a JSON object")
+    found = []
+    for name, value in pairs:
+        if isinstance(value, bool):
+            found.append((name, "true" if value else "false"))
+        elif isinstance(value, str):
+            found.append((name, value))
+        elif value is not None:
             raise Invalid(f"JSON field {name} must be a string, number or boolean")
-    return pairs
+    return found
+
+
+class _Pairs(list[tuple[str, object]]):
+    pass
+
+
+def _no_nesting(pairs: list[tuple[str, object]]) -> _Pairs:
+    return _Pairs(pairs)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number")
 
 
 def params(inbound: Inbound) -> dict[str, str]:
@@ -247,7 +265,7 @@ def loggable(inbound: Inbound, secret: frozenset[str]) -> dict[str, str]:
     the database can store."""
     try:
         pairs = raw_pairs(inbound)
-    except Refused:
+    except Refused:  # the refusal itself is reported by normalise(); keep what can be kept
         pairs = list(inbound.query)
     kept: dict[str, str] = {}
     for name, value in pairs[:100]:

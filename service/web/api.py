@@ -22,6 +22,8 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 _MAX_POSITION = 2**63 - 1
 _CURSOR = re.compile(r"p([0-9]{1,19})")
+_NUMBER = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() also admits "²" and "４"
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class WalletBody(msgspec.Struct):
@@ -81,13 +83,16 @@ def encode_cursor(position: int) -> str:
 
 def decode_cursor(text: str) -> int:
     """A position from an opaque cursor, or from a plain number; ApiError 400 otherwise."""
-    if text.isdigit() and len(text) <= 19:
+    if _NUMBER.fullmatch(text):
         value = int(text)
     else:
-        try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            raw = ""
+        raw = ""
+        if _BASE64URL.fullmatch(text):
+            try:
+                padded = text + "=" * (-len(text) % 4)
+                raw = base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                raw = ""
         match = _CURSOR.fullmatch(raw)
         if match is None:
             raise ApiError(400, "invalid_cursor", "cursor is not one this API handed out")
@@ -99,7 +104,7 @@ def decode_cursor(text: str) -> int:
 
 def _limit(request: web.Request) -> int:
     text = request.query.get("limit", str(DEFAULT_LIMIT))
-    if not text.isdigit() or not 1 <= int(text[:5]) <= MAX_LIMIT:
+    if not _NUMBER.fullmatch(text) or not 1 <= int(text) <= MAX_LIMIT:
         raise ApiError(400, "invalid_limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
     return int(text)
 

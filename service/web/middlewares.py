@@ -61,6 +61,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         status = response.status
         response.headers["X-Request-Id"] = request_id
         return response
+    except web.HTTPException as exc:  # aiohttp's own answers (404, 405 outside /v1/)
+        status = exc.status
+        exc.headers["X-Request-Id"] = request_id
+        raise
     finally:
         log.info(
             "request",
@@ -97,15 +101,16 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     scope = required_scope(request.match_info.handler)
-    if scope is None:
+    if scope is None and not request.path.startswith("/v1/"):
         return await handler(request)
+    # Under /v1/ even an unknown route needs a valid key: which routes exist is not public.
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <api key>")
     key = request.app[keys.API_KEYS].find(token.strip())
     if key is None:
         raise ApiError(401, "unauthorized", "unknown API key")
-    if scope not in key.scopes:
+    if scope is not None and scope not in key.scopes:
         raise ApiError(403, "forbidden", f"API key {key.name} lacks scope {scope}")
     structlog.contextvars.bind_contextvars(api_key=key.name)
     return await handler(request)
