@@ -22,7 +22,7 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 _MAX_POSITION = 2**63 - 1
 _CURSOR = re.compile(r"p([0-9]{1,19})")
-_NUMBER = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() also admits "²" and "４"
+_NUMBER = re.compile(r"[0-9]{1,19}")  # ASCII: str.isdigit() also admits "²"
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
