@@ -67,3 +67,27 @@ CREATE TABLE IF NOT EXISTS postback_log (
 
 CREATE INDEX IF NOT EXISTS postback_log_provider_id ON postback_log (provider, id);
 CREATE INDEX IF NOT EXISTS postback_log_outcome_id ON postback_log (outcome, id);
+
+-- Projection: the receipt-offer state machine (AdGate Magic Receipts), one row per upload offer,
+-- updated in the same transaction as its events. APPROVED is final.
+CREATE TABLE IF NOT EXISTS receipt_offers (
+    provider         text        NOT NULL,
+    upload_offer_id  text        NOT NULL,
+    upload_id        text        NOT NULL DEFAULT '',
+    offer_id         text        NOT NULL DEFAULT '',
+    user_id          text        NOT NULL,
+    status           text        NOT NULL,
+    points_credited  numeric     NOT NULL DEFAULT 0,
+    approvals        integer     NOT NULL DEFAULT 0,
+    event_count      bigint      NOT NULL DEFAULT 0,
+    last_position    bigint      NOT NULL DEFAULT 0,
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (provider, upload_offer_id),
+    CONSTRAINT receipt_offers_status_known
+        CHECK (status IN ('MANUAL_REVIEW', 'AWARD_PENDING', 'APPROVED', 'REJECTED'))
+);
+
+-- A receipt offer's history, for the API and for verify.
+CREATE INDEX IF NOT EXISTS events_receipt_offer
+    ON events (provider, (data->>'upload_offer_id'), position)
+    WHERE type = 'receipt_status_changed';

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
 from .db import read, translated
-from .domain import wallet
+from .domain import receipt_offers, wallet
 from .domain.amounts import format_amount
 
 _FIELDS = ("balance", "total_credited", "total_reversed", "event_count")
@@ -19,6 +20,7 @@ _FIELDS = ("balance", "total_credited", "total_reversed", "event_count")
 class Report:
     events: int = 0
     wallets: int = 0
+    offers: int = 0
     differences: list[str] = field(default_factory=list)
 
     @property
@@ -26,10 +28,11 @@ class Report:
         return not self.differences
 
     def summary(self) -> str:
+        counts = f"{self.wallets} wallets and {self.offers} receipt offers"
         if self.ok:
-            return f"verify: ok: {self.wallets} wallets agree with {self.events} events"
+            return f"verify: ok: {counts} agree with {self.events} events"
         return (
-            f"verify: FAILED: {len(self.differences)} differences between {self.wallets} wallets"
+            f"verify: FAILED: {len(self.differences)} differences between {counts}"
             f" and {self.events} events"
         )
 
@@ -54,22 +57,65 @@ def compare(computed: Mapping[str, wallet.Wallet], stored: Mapping[str, Any]) ->
     return differences
 
 
+_OFFER_FIELDS = (
+    "user_id",
+    "upload_id",
+    "offer_id",
+    "status",
+    "points_credited",
+    "approvals",
+    "event_count",
+)
+
+
+def compare_offers(
+    computed: Mapping[tuple[str, str], receipt_offers.ReceiptOffer],
+    stored: Mapping[tuple[str, str], Any],
+) -> list[str]:
+    """One line per receipt offer whose projection differs from the replay of its events."""
+    differences = []
+    for key in sorted(computed.keys() | stored.keys()):
+        name = f"receipt offer {key[0]}/{key[1]!r}"
+        expected, row = computed.get(key), stored.get(key)
+        if row is None:
+            differences.append(f"{name}: missing from the projection")
+        elif expected is None:
+            differences.append(f"{name}: in the projection but has no events")
+        else:
+            for field_name in _OFFER_FIELDS:
+                want, have = getattr(expected, field_name), row[field_name]
+                if want != have:
+                    differences.append(
+                        f"{name}: {field_name} is {_show(have)} in the projection,"
+                        f" {_show(want)} from the events"
+                    )
+    return differences
+
+
 def _show(value: Any) -> str:
-    return format_amount(value) if not isinstance(value, int) else str(value)
+    if isinstance(value, Decimal):
+        return format_amount(value)
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 async def verify(conn: asyncpg.Connection) -> Report:
     report = Report()
     computed: dict[str, wallet.Wallet] = {}
-    empty = wallet.Wallet()
+    offers: dict[tuple[str, str], receipt_offers.ReceiptOffer] = {}
+    empty, no_offer = wallet.Wallet(), receipt_offers.ReceiptOffer()
     with translated():
-        # One snapshot for the log and the projection: writes that commit meanwhile are in
-        # neither, so a busy service cannot make the two look different.
+        # One snapshot for the log and the projections: writes that commit meanwhile are in
+        # none of them, so a busy service cannot make them look different.
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             stored = await read.snapshot_wallets(conn)
+            stored_offers = await read.snapshot_offers(conn)
             async for event in read.snapshot_events(conn):
                 computed[event.user_id] = wallet.apply(computed.get(event.user_id, empty), event)
+                offer = receipt_offers.offer_key(event)
+                if offer is not None:
+                    offers[offer], _ = receipt_offers.apply(offers.get(offer, no_offer), event)
                 report.events += 1
     report.wallets = len(computed.keys() | stored.keys())
-    report.differences = compare(computed, stored)
+    report.offers = len(offers.keys() | stored_offers.keys())
+    report.differences = compare(computed, stored) + compare_offers(offers, stored_offers)
     return report

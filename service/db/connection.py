@@ -62,7 +62,9 @@ async def connect(dsn: str, *, wait: float = 0.0, **kwargs: Any) -> asyncpg.Conn
     while True:
         try:
             with translated():
-                return await asyncpg.connect(dsn, timeout=10, **kwargs)
+                conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=10, **kwargs)
+                await _init_connection(conn)  # the same codecs as every pooled connection
+                return conn
         except Unavailable:
             if time.monotonic() >= deadline:
                 raise

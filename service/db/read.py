@@ -85,3 +85,33 @@ async def snapshot_wallets(conn: asyncpg.Connection) -> dict[str, Any]:
         "SELECT user_id, balance, total_credited, total_reversed, event_count FROM wallets"
     )
     return {r["user_id"]: r for r in rows}
+
+
+async def receipt_offer(
+    pool: asyncpg.Pool, provider: str, upload_offer_id: str
+) -> tuple[asyncpg.Record | None, list[Event]]:
+    with translated():
+        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            row: asyncpg.Record | None = await conn.fetchrow(
+                "SELECT provider, upload_offer_id, upload_id, offer_id, user_id, status,"
+                " points_credited, approvals, event_count, updated_at FROM receipt_offers"
+                " WHERE provider = $1 AND upload_offer_id = $2",
+                provider,
+                upload_offer_id,
+            )
+            rows = await conn.fetch(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE provider = $1"
+                " AND data->>'upload_offer_id' = $2 AND type = 'receipt_status_changed'"
+                " ORDER BY position LIMIT 1000",
+                provider,
+                upload_offer_id,
+            )
+    return row, [_event(r) for r in rows]
+
+
+async def snapshot_offers(conn: asyncpg.Connection) -> dict[tuple[str, str], Any]:
+    rows = await conn.fetch(
+        "SELECT provider, upload_offer_id, upload_id, offer_id, user_id, status, points_credited,"
+        " approvals, event_count FROM receipt_offers"
+    )
+    return {(r["provider"], r["upload_offer_id"]): r for r in rows}

@@ -16,7 +16,7 @@ import asyncpg
 import msgspec
 
 from .. import metrics
-from ..domain import wallet
+from ..domain import receipt_offers, wallet
 from ..domain.events import Outcome, Postback
 from ..logs import log
 from ..providers.base import Answer
@@ -24,13 +24,15 @@ from . import Unavailable, translated
 
 Key = tuple[str, str]
 
-# Why the advisory locks come first: holding every touched user's lock *before* the events get
-# their positions means that, per user, positions are handed out in commit order, so a reader
-# paging one wallet's events by position can never skip one that commits late. Taking them in
-# sorted order means two batches can never wait on each other in a cycle.
-_LOCK_USERS = """
+# Why the advisory locks come first: holding the lock of every user and receipt offer a batch
+# touches *before* its events get their positions means that, per user and per offer, positions
+# are handed out in commit order. So a reader paging one wallet's events by position never skips
+# one that commits late, and the order in which the receipt state machine applied an offer's
+# events is its position order, which `verify` replays. The locks are taken in sorted order, so
+# two batches can never wait on each other in a cycle.
+_LOCK = """
 SELECT pg_advisory_xact_lock(h)
-FROM (SELECT DISTINCT hashtextextended(u, 0) AS h FROM unnest($1::text[]) AS u ORDER BY h) AS l
+FROM (SELECT DISTINCT hashtextextended(n, 0) AS h FROM unnest($1::text[]) AS n ORDER BY h) AS l
 """
 
 # The unique constraint decides what is new; rows it skips are looked up afterwards. Rows arrive
@@ -44,7 +46,7 @@ RETURNING provider, key, position
 """
 
 _EXISTING_EVENTS = """
-SELECT e.provider, e.key, e.type, e.user_id, e.amount, e.position
+SELECT e.provider, e.key, e.type, e.user_id, e.amount, e.data->>'status' AS status, e.position
 FROM events AS e
 JOIN unnest($1::text[], $2::text[]) AS k(provider, key) ON e.provider = k.provider AND e.key = k.key
 """
@@ -63,6 +65,33 @@ ON CONFLICT (user_id) DO UPDATE SET
     total_reversed = w.total_reversed + EXCLUDED.total_reversed,
     event_count = w.event_count + EXCLUDED.event_count,
     last_position = greatest(w.last_position, EXCLUDED.last_position),
+    updated_at = now()
+"""
+
+_OFFERS = """
+SELECT o.provider, o.upload_offer_id, o.upload_id, o.offer_id, o.user_id, o.status,
+       o.points_credited, o.approvals, o.event_count
+FROM receipt_offers AS o
+JOIN unnest($1::text[], $2::text[]) AS k(provider, id)
+  ON o.provider = k.provider AND o.upload_offer_id = k.id
+"""
+
+_UPSERT_OFFERS = """
+INSERT INTO receipt_offers AS o (provider, upload_offer_id, upload_id, offer_id, user_id, status,
+                                 points_credited, approvals, event_count, last_position,
+                                 updated_at)
+SELECT *, now()
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::numeric[], $8::int[], $9::bigint[], $10::bigint[])
+ON CONFLICT (provider, upload_offer_id) DO UPDATE SET
+    upload_id = EXCLUDED.upload_id,
+    offer_id = EXCLUDED.offer_id,
+    user_id = EXCLUDED.user_id,
+    status = EXCLUDED.status,
+    points_credited = EXCLUDED.points_credited,
+    approvals = EXCLUDED.approvals,
+    event_count = EXCLUDED.event_count,
+    last_position = EXCLUDED.last_position,
     updated_at = now()
 """
 
@@ -108,10 +137,14 @@ class Receipt:
 
 @dataclass(frozen=True, slots=True)
 class _Stored:
-    type: str
-    user_id: str
-    amount: Decimal
+    # What must match for a repeat to be a duplicate rather than a conflict.
+    fingerprint: tuple[str, str, Decimal, str | None]
     position: int
+
+
+def _fingerprint(p: Postback) -> tuple[str, str, Decimal, str | None]:
+    status = p.data.get("status") if receipt_offers.offer_key(p) else None
+    return (p.type.value, p.user_id, p.amount, None if status is None else str(status))
 
 
 async def append(pool: asyncpg.Pool, batch: Sequence[Submission]) -> list[Receipt]:
@@ -120,7 +153,7 @@ async def append(pool: asyncpg.Pool, batch: Sequence[Submission]) -> list[Receip
         try:
             with translated():
                 async with pool.acquire() as conn, conn.transaction():
-                    receipts, new = await _append(conn, batch)
+                    results, new = await _append(conn, batch)
             break
         except Unavailable as exc:
             retriable = isinstance(exc.__cause__, asyncpg.TransactionRollbackError)
@@ -129,7 +162,7 @@ async def append(pool: asyncpg.Pool, batch: Sequence[Submission]) -> list[Receip
             log.warning("write transaction rolled back, retrying", attempt=attempt, error=str(exc))
     for postback in new:
         metrics.EVENTS.labels(type=postback.type.value).inc()
-    return receipts
+    return results
 
 
 async def _append(
@@ -146,36 +179,96 @@ async def _append(
     inserted: dict[Key, int] = {}
     stored: dict[Key, _Stored] = {}
     if ordered:
-        await conn.execute(_LOCK_USERS, sorted({p.user_id for p in ordered}))
+        await conn.execute(_LOCK, _lock_names(ordered))
         rows = await conn.fetch(_INSERT_EVENTS, *_event_columns(ordered))
         inserted = {(r["provider"], r["key"]): r["position"] for r in rows}
         for key, position in inserted.items():
-            p = candidates[key]
-            stored[key] = _Stored(p.type.value, p.user_id, p.amount, position)
+            stored[key] = _Stored(_fingerprint(candidates[key]), position)
         skipped = [k for k in candidates if k not in inserted]
         if skipped:
             rows = await conn.fetch(
                 _EXISTING_EVENTS, [k[0] for k in skipped], [k[1] for k in skipped]
             )
             for r in rows:
-                stored[(r["provider"], r["key"])] = _Stored(
-                    r["type"], r["user_id"], r["amount"], r["position"]
-                )
+                fingerprint = (r["type"], r["user_id"], r["amount"], r["status"])
+                stored[(r["provider"], r["key"])] = _Stored(fingerprint, r["position"])
 
-    receipts: list[Receipt] = []
+    # In position order: the order the receipt state machine must see each offer's events in.
+    new = [candidates[k] for k in sorted(inserted, key=inserted.__getitem__)]
+    decided = await _apply_receipts(conn, new, inserted)
+    results: list[Receipt] = []
     fresh: set[Key] = set()
     for sub in batch:
-        receipts.append(_judge(sub, inserted, stored, fresh))
+        results.append(_judge(sub, inserted, stored, decided, fresh))
 
-    new = [candidates[k] for k in sorted(inserted, key=inserted.__getitem__)]
     if new:
         await conn.execute(_UPSERT_WALLETS, *_wallet_columns(new, inserted))
-    await conn.execute(_INSERT_LOG, *_log_columns(batch, receipts))
-    return receipts, new
+    await conn.execute(_INSERT_LOG, *_log_columns(batch, results))
+    return results, new
+
+
+def _lock_names(postbacks: list[Postback]) -> list[str]:
+    names = {f"user:{p.user_id}" for p in postbacks}
+    for p in postbacks:
+        offer = receipt_offers.offer_key(p)
+        if offer is not None:
+            names.add(f"offer:{offer[0]}:{offer[1]}")  # provider names hold no ':'
+    return sorted(names)
+
+
+async def _apply_receipts(
+    conn: asyncpg.Connection, new: list[Postback], inserted: dict[Key, int]
+) -> dict[Key, Outcome]:
+    """Fold the new receipt status events into their offers; the outcome of each."""
+    events = [p for p in new if receipt_offers.offer_key(p) is not None]
+    if not events:
+        return {}
+    offers = sorted({k for p in events if (k := receipt_offers.offer_key(p)) is not None})
+    rows = await conn.fetch(_OFFERS, [k[0] for k in offers], [k[1] for k in offers])
+    states = {
+        (r["provider"], r["upload_offer_id"]): receipt_offers.ReceiptOffer(
+            user_id=r["user_id"],
+            upload_id=r["upload_id"],
+            offer_id=r["offer_id"],
+            status=r["status"],
+            points_credited=r["points_credited"],
+            approvals=r["approvals"],
+            event_count=r["event_count"],
+        )
+        for r in rows
+    }
+    decided: dict[Key, Outcome] = {}
+    last: dict[tuple[str, str], int] = {}
+    for p in events:
+        offer = receipt_offers.offer_key(p)
+        assert offer is not None
+        states[offer], decided[(p.provider, p.key)] = receipt_offers.apply(
+            states.get(offer, receipt_offers.ReceiptOffer()), p
+        )
+        last[offer] = inserted[(p.provider, p.key)]
+    changed = sorted(last)
+    await conn.execute(
+        _UPSERT_OFFERS,
+        [k[0] for k in changed],
+        [k[1] for k in changed],
+        [states[k].upload_id for k in changed],
+        [states[k].offer_id for k in changed],
+        [states[k].user_id for k in changed],
+        [states[k].status for k in changed],
+        [states[k].points_credited for k in changed],
+        [states[k].approvals for k in changed],
+        [states[k].event_count for k in changed],
+        [last[k] for k in changed],
+    )
+    return decided
 
 
 def _judge(
-    sub: Submission, inserted: dict[Key, int], stored: dict[Key, _Stored], fresh: set[Key]
+    sub: Submission,
+    inserted: dict[Key, int],
+    stored: dict[Key, _Stored],
+    decided: dict[Key, Outcome],
+    fresh: set[Key],
 ) -> Receipt:
     p = sub.postback
     if p is None:
@@ -184,17 +277,19 @@ def _judge(
             answer = Answer(sub.refusal_status, sub.refusal_detail)
         return Receipt(sub.refusal, sub.refusal_detail, answer, None)
     key = (p.provider, p.key)
+    s = stored[key]
     if key in inserted and key not in fresh:
         fresh.add(key)
-        outcome, detail = wallet.outcome(p), f"recorded as event {inserted[key]}"
+        outcome = decided.get(key) or wallet.outcome(p)
+        detail = f"recorded as event {s.position}"
+        if outcome is Outcome.IGNORED:
+            detail += ": the receipt offer is already APPROVED"
+    elif s.fingerprint == _fingerprint(p):
+        outcome, detail = Outcome.DUPLICATE, f"already recorded as event {s.position}"
     else:
-        s = stored[key]
-        if (s.type, s.user_id, s.amount) == (p.type.value, p.user_id, p.amount):
-            outcome, detail = Outcome.DUPLICATE, f"already recorded as event {s.position}"
-        else:
-            outcome = Outcome.CONFLICT
-            detail = f"already recorded with a different user or amount as event {s.position}"
-    return Receipt(outcome, detail, sub.answer(outcome, detail), stored[key].position)
+        outcome = Outcome.CONFLICT
+        detail = f"already recorded with different values as event {s.position}"
+    return Receipt(outcome, detail, sub.answer(outcome, detail), s.position)
 
 
 def _event_columns(postbacks: list[Postback]) -> list[list[Any]]:

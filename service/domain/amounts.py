@@ -26,6 +26,23 @@ def parse_amount(text: str) -> Decimal:
     return Decimal(text)
 
 
+_LIMIT = Decimal(10) ** 15
+
+
+def check_amount(value: Decimal) -> Decimal:
+    """The same rules for an amount that arrived already decoded (a JSON number)."""
+    if not value.is_finite():
+        raise AmountError("must be a finite number")
+    if value.is_signed() and not value.is_zero():
+        raise AmountError("must not be negative")
+    if value.copy_abs() >= _LIMIT:
+        raise AmountError("must be below 10^15")
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -20:
+        raise AmountError("has more than 20 decimals")
+    return value.copy_abs() if value.is_zero() else value
+
+
 def format_amount(value: Decimal) -> str:
     """The JSON form of an amount: a string holding the exact decimal, never exponent notation."""
     if value.is_zero():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Context, Decimal, Inexact
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -25,6 +25,8 @@ class Movement(Protocol):
     def amount(self) -> Decimal: ...
     @property
     def test(self) -> bool: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
 
 
 class Wallet(msgspec.Struct, frozen=True):
@@ -42,6 +44,10 @@ def effect(event: Movement) -> Decimal:
         return event.amount
     if event.type is EventType.REVERSED:
         return EXACT.minus(event.amount)
+    # A receipt offer's approval credits its points; its other statuses move nothing. This
+    # depends on the event alone, never on the offer's state, so the fold stays order-free.
+    if event.type is EventType.RECEIPT_STATUS_CHANGED and event.data.get("status") == "APPROVED":
+        return event.amount
     return ZERO
 
 

@@ -168,13 +168,16 @@ def _in(address: IPAddress, networks: tuple[Network, ...]) -> bool:
 # --- parameters ---------------------------------------------------------------------------------
 
 
-def _checked(name: str, value: str) -> str:
+def checked(name: str, value: str, limit: int | None = None) -> str:
+    """`value` if the database can store it as text (and it fits `limit`), else Invalid."""
     if "\x00" in value:
         raise Invalid(f"parameter {name} contains a NUL character")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise Invalid(f"parameter {name} is not valid UTF-8") from None
+    if limit is not None and len(value) > limit:
+        raise Invalid(f"parameter {name} is longer than {limit} characters")
     return value
 
 
@@ -236,14 +239,19 @@ def _no_constant(name: str) -> None:
 
 
 def params(inbound: Inbound) -> dict[str, str]:
+    """Parameters of the query and of a form or JSON body, by lowercase name."""
+    return named(raw_pairs(inbound))
+
+
+def named(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Parameters by lowercase name. A name sent twice is refused: which copy is the real one
     would be a guess, and parameter pollution is how signed values get swapped."""
     found: dict[str, str] = {}
-    for name, value in raw_pairs(inbound):
-        key = _checked(name, name).lower()
+    for name, value in pairs:
+        key = checked(name, name).lower()
         if key in found:
             raise Invalid(f"parameter {key} is given more than once")
-        found[key] = _checked(key, value)
+        found[key] = checked(key, value)
     return found
 
 
@@ -277,3 +285,20 @@ def loggable(inbound: Inbound, secret: frozenset[str]) -> dict[str, str]:
 
 def _storable(text: str) -> str:
     return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
+def storable_json(body: bytes) -> object | None:
+    """`body` decoded as JSON if PostgreSQL's jsonb can hold it exactly, else None (jsonb
+    refuses NUL characters, and no text column takes a lone surrogate)."""
+    try:
+        value = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        # allow_nan=False also refuses 1e999, which decodes to infinity.
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
+    except (UnicodeError, ValueError, RecursionError):
+        return None
+    return None if "\\u0000" in text else value
+
+
+def storable_text(body: bytes, limit: int) -> str:
+    return _storable(body[:limit].decode("utf-8", "replace"))

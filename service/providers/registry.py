@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from . import medioot
+from . import adgate_receipts, inbrain, medioot
 from .base import WallProtocol
 
 PROTOCOLS: dict[str, WallProtocol] = {
     "medioot": medioot,
+    "inbrain": inbrain,
+    "adgate_receipts": adgate_receipts,
 }

@@ -51,6 +51,20 @@ class EventsPage(msgspec.Struct):
     next: str | None
 
 
+class ReceiptOfferBody(msgspec.Struct):
+    provider: str
+    upload_offer_id: str
+    upload_id: str
+    offer_id: str
+    user_id: str
+    status: str
+    points_credited: str
+    approvals: int
+    event_count: int
+    updated_at: dt.datetime
+    events: list[EventBody]
+
+
 class PostbackBody(msgspec.Struct):
     id: int
     received_at: dt.datetime
@@ -149,6 +163,31 @@ async def get_wallet_events(request: web.Request) -> web.Response:
     )
     next_cursor = encode_cursor(events[-1].position) if len(events) == limit else None
     return _json(EventsPage(events=[event_body(e) for e in events], next=next_cursor))
+
+
+@requires("read")
+async def get_receipt_offer(request: web.Request) -> web.Response:
+    provider, offer = request.match_info["provider"], request.match_info["upload_offer_id"]
+    row, events = await read.receipt_offer(request.app[keys.POOL], provider, offer)
+    if row is None:
+        raise ApiError(
+            404, "receipt_offer_not_found", f"no receipt offer {offer!r} of {provider!r}"
+        )
+    return _json(
+        ReceiptOfferBody(
+            provider=row["provider"],
+            upload_offer_id=row["upload_offer_id"],
+            upload_id=row["upload_id"],
+            offer_id=row["offer_id"],
+            user_id=row["user_id"],
+            status=row["status"],
+            points_credited=format_amount(row["points_credited"]),
+            approvals=row["approvals"],
+            event_count=row["event_count"],
+            updated_at=row["updated_at"],
+            events=[event_body(e) for e in events],
+        )
+    )
 
 
 @requires("read")

@@ -352,8 +352,8 @@ def test_dev_config_parses_with_an_empty_environment() -> None:
     settings = load(ROOT / "ops" / "dev.toml", {})
     assert settings.database.url == ""
     assert settings.server.port == 8080
-    assert [p.protocol for p in settings.providers] == ["medioot"]
-    assert all(p.secret for p in settings.providers)
+    assert [p.protocol for p in settings.providers] == ["medioot", "inbrain", "adgate_receipts"]
+    assert all(p.secret or p.url_token for p in settings.providers)
     assert settings.api_keys
 
 

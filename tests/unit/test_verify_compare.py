@@ -100,9 +100,9 @@ def test_user_ids_with_newlines_stay_on_one_line() -> None:
 
 
 def test_report_ok_summary() -> None:
-    report = Report(events=12, wallets=3)
+    report = Report(events=12, wallets=3, offers=2)
     assert report.ok
-    assert report.summary() == "verify: ok: 3 wallets agree with 12 events"
+    assert report.summary() == "verify: ok: 3 wallets and 2 receipt offers agree with 12 events"
 
 
 def test_report_failed_summary() -> None:
@@ -118,4 +118,4 @@ def test_report_failed_summary() -> None:
 
 def test_empty_report_is_ok() -> None:
     assert Report().ok
-    assert Report().summary() == "verify: ok: 0 wallets agree with 0 events"
+    assert Report().summary() == "verify: ok: 0 wallets and 0 receipt offers agree with 0 events"

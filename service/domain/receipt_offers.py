@@ -1,0 +1,80 @@
+"""The receipt-offer state machine (AdGate Magic Receipts, CONTRACT 3.3) as a pure fold.
+
+A receipt offer moves between MANUAL_REVIEW, AWARD_PENDING, APPROVED and REJECTED in any order
+until it is APPROVED, which is final: a later non-approval is recorded but ignored. Each APPROVED
+event (one offer may be approved several times) credits its own points. Events fold in log
+position order; the write path hands out an offer's positions under that offer's lock, so the
+order it applied them in is the order `verify` replays.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Protocol
+
+import msgspec
+
+from .events import EventType, Outcome
+from .wallet import EXACT, ZERO
+
+MANUAL_REVIEW = "MANUAL_REVIEW"
+AWARD_PENDING = "AWARD_PENDING"
+APPROVED = "APPROVED"
+REJECTED = "REJECTED"
+STATUSES = (MANUAL_REVIEW, AWARD_PENDING, APPROVED, REJECTED)
+
+
+class StatusEvent(Protocol):
+    @property
+    def provider(self) -> str: ...
+    @property
+    def type(self) -> EventType: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def amount(self) -> Decimal: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
+
+
+class ReceiptOffer(msgspec.Struct, frozen=True):
+    user_id: str = ""
+    upload_id: str = ""
+    offer_id: str = ""
+    status: str = ""
+    points_credited: Decimal = ZERO
+    approvals: int = 0
+    event_count: int = 0
+
+
+def offer_key(event: StatusEvent) -> tuple[str, str] | None:
+    """(provider, upload offer id) of a receipt status event; None for any other event."""
+    if event.type is not EventType.RECEIPT_STATUS_CHANGED:
+        return None
+    return event.provider, str(event.data["upload_offer_id"])
+
+
+def approved(event: StatusEvent) -> bool:
+    return event.type is EventType.RECEIPT_STATUS_CHANGED and event.data.get("status") == APPROVED
+
+
+def apply(offer: ReceiptOffer, event: StatusEvent) -> tuple[ReceiptOffer, Outcome]:
+    status = str(event.data["status"])
+    seen = msgspec.structs.replace(
+        offer,
+        user_id=offer.user_id or event.user_id,
+        upload_id=offer.upload_id or str(event.data.get("upload_id") or ""),
+        offer_id=offer.offer_id or str(event.data.get("offer_id") or ""),
+        event_count=offer.event_count + 1,
+    )
+    if offer.status == APPROVED and status != APPROVED:
+        return seen, Outcome.IGNORED
+    if status != APPROVED:
+        return msgspec.structs.replace(seen, status=status), Outcome.STATUS_CHANGED
+    credited = msgspec.structs.replace(
+        seen,
+        status=APPROVED,
+        points_credited=EXACT.add(offer.points_credited, event.amount),
+        approvals=offer.approvals + 1,
+    )
+    return credited, Outcome.CREDITED if event.amount > 0 else Outcome.STATUS_CHANGED

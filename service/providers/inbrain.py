@@ -1,0 +1,95 @@
+"""inBrain offer and survey callbacks (CONTRACT 3.2, seed inbrain-offer-callbacks.txt).
+
+POST with a JSON body; `Sig` = md5(PanelistId + RewardId + secret). `Reward` is decoded straight
+into an exact Decimal. `offer_completion_reversed` reverses; every other RewardType credits a
+positive Reward; a zero Reward, or `IsTest: true`, is recorded without moving the balance. The
+success and the failure callback URL may be this same endpoint.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+
+from ..domain.amounts import AmountError, check_amount, format_amount
+from ..domain.events import EventType, Outcome, Postback
+from ..settings import Provider
+from .base import (
+    Answer,
+    Inbound,
+    Invalid,
+    Unauthenticated,
+    checked,
+    md5_hex,
+    plain,
+    same_hex_digest,
+)
+
+SECRET_PARAMS = frozenset({"sig"})
+REQUIRED_SETTINGS: tuple[str, ...] = ("secret",)
+REVERSAL = "offer_completion_reversed"
+
+
+class Callback(msgspec.Struct, frozen=True):
+    Sig: str
+    PanelistId: str
+    RewardId: str
+    Reward: Decimal
+    RewardType: str = ""
+    RevenueAmount: Decimal | None = None
+    OfferTitle: str | None = None
+    SessionId: str | None = None
+    IsTest: bool = False
+
+
+_decode = msgspec.json.Decoder(Callback).decode
+
+
+def normalise(provider: Provider, inbound: Inbound) -> Postback:
+    try:
+        callback = _decode(inbound.body)
+    except msgspec.ValidationError as exc:
+        raise Invalid(f"callback: {exc}") from None
+    except msgspec.DecodeError:
+        raise Invalid("body is not a JSON object") from None
+    panelist = checked("PanelistId", callback.PanelistId, limit=255)
+    reward_id = checked("RewardId", callback.RewardId, limit=255)
+    if not panelist or not reward_id:
+        raise Invalid("PanelistId and RewardId must not be empty")
+    if not same_hex_digest(md5_hex(panelist, reward_id, provider.secret), callback.Sig):
+        raise Unauthenticated("signature", "invalid signature")
+    try:
+        amount = check_amount(callback.Reward)
+    except AmountError as exc:
+        raise Invalid(f"Reward {exc}") from None
+    reversal = callback.RewardType == REVERSAL
+    data: dict[str, str] = {"reward_type": checked("RewardType", callback.RewardType, limit=100)}
+    for name, value in (("offer_title", callback.OfferTitle), ("session_id", callback.SessionId)):
+        if value:
+            data[name] = checked(name, value, limit=2000)
+    if callback.RevenueAmount is not None and callback.RevenueAmount.is_finite():
+        data["revenue_amount"] = format_amount(callback.RevenueAmount)
+    return Postback(
+        provider=provider.name,
+        # A reversal may reuse the RewardId of the completion it reverses: two events.
+        key=f"{'reversal' if reversal else 'credit'}:{reward_id}",
+        type=EventType.REVERSED if reversal else EventType.CREDITED,
+        user_id=panelist,
+        amount=amount,
+        provider_ref=reward_id,
+        test=callback.IsTest,
+        data=data,
+    )
+
+
+def answer(outcome: Outcome, detail: str) -> Answer:
+    match outcome:
+        case Outcome.REJECTED:
+            return plain(403, detail)
+        case Outcome.INVALID:
+            return plain(400, detail)
+        case Outcome.UNAVAILABLE:
+            return plain(503, "database unavailable, retry later")
+        case _:
+            return plain(200, "OK")  # new, duplicate and conflict alike: retrying cannot help
