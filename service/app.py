@@ -55,6 +55,18 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
+PROBE_INTERVAL = 5.0
+
+
+async def _probe(app: web.Application) -> None:
+    """Keep `ledger_database_up` current, so that Prometheus sees an outage with no traffic."""
+    db = app[keys.SETTINGS].database
+    while True:
+        up = await connection.ping(app[keys.POOL], min(db.timeout, 2.0))
+        metrics.DATABASE_UP.set(1 if up else 0)
+        await asyncio.sleep(PROBE_INTERVAL)
+
+
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     db = settings.database
@@ -64,7 +76,11 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         )
         app[keys.POOL] = pool
         app[keys.WRITER] = Writer(pool)
+        probe = asyncio.create_task(_probe(app))
         try:
             yield
         finally:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
             await pool.close()

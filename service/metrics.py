@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import Counter, Histogram, disable_created_metrics
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 from .domain.events import EventType, Outcome
 
@@ -30,6 +30,9 @@ POSTBACK_DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 EVENTS = Counter("ledger_events_total", "Events appended to the ledger, by type", ["type"])
+DATABASE_UP = Gauge(
+    "ledger_database_up", "1 when the database answered the last health probe, else 0"
+)
 
 AUTH_REASONS = ("signature", "token", "source_ip")
 

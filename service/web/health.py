@@ -6,6 +6,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from .. import keys
+from .. import metrics as ledger_metrics
 from ..db.connection import ping
 
 
@@ -15,7 +16,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     timeout = min(request.app[keys.SETTINGS].database.timeout, 2.0)
-    if await ping(request.app[keys.POOL], timeout):
+    up = await ping(request.app[keys.POOL], timeout)
+    ledger_metrics.DATABASE_UP.set(1 if up else 0)
+    if up:
         return web.json_response({"status": "ready"})
     return web.json_response({"status": "database_unavailable"}, status=503)
 

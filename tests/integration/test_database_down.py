@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client import REGISTRY
 
 from service.app import create_app
 from tests import helpers
@@ -59,6 +60,7 @@ async def test_outage_answers_503_and_recovers_without_restart(
         assert resp.status == 503
         assert await resp.text() != "OK"
     assert (await proxied.get("/readyz")).status == 503
+    assert REGISTRY.get_sample_value("ledger_database_up") == 0
     resp = await proxied.get(f"/v1/wallets/{user}", headers=AUTH)
     assert resp.status == 503
     assert (await resp.json())["error"] == "database_unavailable"
@@ -68,6 +70,7 @@ async def test_outage_answers_503_and_recovers_without_restart(
     resp = await proxied.get("/postbacks/medioot", params=during)
     assert (resp.status, await resp.text()) == (200, "OK")
     assert (await proxied.get("/readyz")).status == 200
+    assert REGISTRY.get_sample_value("ledger_database_up") == 1
     assert await events_for(pool, during["transid"]) == 1
     resp = await proxied.get(f"/v1/wallets/{user}", headers=AUTH)
     assert (await resp.json())["balance"] == "6"
