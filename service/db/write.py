@@ -46,7 +46,8 @@ RETURNING provider, key, position
 """
 
 _EXISTING_EVENTS = """
-SELECT e.provider, e.key, e.type, e.user_id, e.amount, e.data->>'status' AS status, e.position
+SELECT e.provider, e.key, e.type, e.user_id, e.amount, e.test, e.data->>'status' AS status,
+       e.position
 FROM events AS e
 JOIN unnest($1::text[], $2::text[]) AS k(provider, key) ON e.provider = k.provider AND e.key = k.key
 """
@@ -138,13 +139,13 @@ class Receipt:
 @dataclass(frozen=True, slots=True)
 class _Stored:
     # What must match for a repeat to be a duplicate rather than a conflict.
-    fingerprint: tuple[str, str, Decimal, str | None]
+    fingerprint: tuple[str, str, Decimal, bool, str | None]
     position: int
 
 
-def _fingerprint(p: Postback) -> tuple[str, str, Decimal, str | None]:
+def _fingerprint(p: Postback) -> tuple[str, str, Decimal, bool, str | None]:
     status = p.data.get("status") if receipt_offers.offer_key(p) else None
-    return (p.type.value, p.user_id, p.amount, None if status is None else str(status))
+    return (p.type.value, p.user_id, p.amount, p.test, None if status is None else str(status))
 
 
 async def append(pool: asyncpg.Pool, batch: Sequence[Submission]) -> list[Receipt]:
@@ -190,7 +191,7 @@ async def _append(
                 _EXISTING_EVENTS, [k[0] for k in skipped], [k[1] for k in skipped]
             )
             for r in rows:
-                fingerprint = (r["type"], r["user_id"], r["amount"], r["status"])
+                fingerprint = (r["type"], r["user_id"], r["amount"], r["test"], r["status"])
                 stored[(r["provider"], r["key"])] = _Stored(fingerprint, r["position"])
 
     # In position order: the order the receipt state machine must see each offer's events in.

@@ -40,7 +40,10 @@ def check_amount(value: Decimal) -> Decimal:
     exponent = value.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -20:
         raise AmountError("has more than 20 decimals")
-    return value.copy_abs() if value.is_zero() else value
+    if value.is_zero():
+        # 0E+999999 is zero, but no database column takes that exponent.
+        return value.copy_abs() if isinstance(exponent, int) and exponent <= 0 else Decimal(0)
+    return value
 
 
 def format_amount(value: Decimal) -> str:

@@ -23,6 +23,7 @@ from .base import (
     plain,
     require,
     storable_json,
+    storable_params,
     storable_text,
 )
 
@@ -96,3 +97,8 @@ def answer(outcome: Outcome, detail: str) -> Answer:
             return plain(503, "database unavailable, retry later")
         case _:
             return plain(200, "OK")  # recorded, duplicate, ignored: AdGate only needs a 200
+
+
+def loggable(inbound: Inbound) -> dict[str, str]:
+    # Only the query: the body is the receipt, kept with the event itself.
+    return storable_params(inbound.query)

@@ -6,6 +6,8 @@ A protocol module (see `registry.py`) has one shape:
     REQUIRED_SETTINGS: tuple[str, ...]       provider settings it cannot work without
     def normalise(provider, inbound) -> Postback     raises Invalid or Unauthenticated
     def answer(outcome, detail) -> Answer            the wall's own response convention
+    def loggable(inbound) -> dict[str, str]          what the postback log may keep of a
+                                                     request: never a signature or token
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ class WallProtocol(Protocol):
     def normalise(self, provider: settings.Provider, inbound: Inbound) -> Postback: ...
 
     def answer(self, outcome: Outcome, detail: str) -> Answer: ...
+
+    def loggable(self, inbound: Inbound) -> dict[str, str]: ...
 
 
 # --- authentication helpers -------------------------------------------------------------------
@@ -269,16 +273,20 @@ def bounded(found: Mapping[str, str], name: str, limit: int = MAX_ID_LENGTH) -> 
 
 
 def loggable(inbound: Inbound, secret: frozenset[str]) -> dict[str, str]:
-    """What the postback log keeps of the parameters: never a signature or token, always text
-    the database can store."""
+    """The query and form or JSON parameters for the postback log, never those in `secret`."""
     try:
         pairs = raw_pairs(inbound)
     except Refused:  # the refusal itself is reported by normalise(); keep what can be kept
         pairs = list(inbound.query)
+    return storable_params((n, v) for n, v in pairs if n.lower() not in secret)
+
+
+def storable_params(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """At most 100 parameters as text the database can store, each bounded in length."""
     kept: dict[str, str] = {}
-    for name, value in pairs[:100]:
-        if name.lower() in secret:
-            continue
+    for name, value in pairs:
+        if len(kept) == 100:
+            break
         kept[_storable(name)[:100]] = _storable(value)[:MAX_TEXT_LENGTH]
     return kept
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import msgspec
 
-from ..domain.amounts import AmountError, check_amount, format_amount
+from ..domain.amounts import AmountError, check_amount, format_amount, parse_amount
 from ..domain.events import EventType, Outcome, Postback
 from ..settings import Provider
 from .base import (
@@ -24,6 +24,7 @@ from .base import (
     md5_hex,
     plain,
     same_hex_digest,
+    storable_params,
 )
 
 SECRET_PARAMS = frozenset({"sig"})
@@ -35,9 +36,11 @@ class Callback(msgspec.Struct, frozen=True):
     Sig: str
     PanelistId: str
     RewardId: str
-    Reward: Decimal
+    # Raw JSON tokens, parsed below by the ledger's own amount rules: a JSON number keeps its
+    # exact text, and a string must be plain decimal notation like every other wall's amounts.
+    Reward: msgspec.Raw
     RewardType: str = ""
-    RevenueAmount: Decimal | None = None
+    RevenueAmount: msgspec.Raw = msgspec.Raw(b"null")
     OfferTitle: str | None = None
     SessionId: str | None = None
     IsTest: bool = False
@@ -51,7 +54,7 @@ def normalise(provider: Provider, inbound: Inbound) -> Postback:
         callback = _decode(inbound.body)
     except msgspec.ValidationError as exc:
         raise Invalid(f"callback: {exc}") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise Invalid("body is not a JSON object") from None
     panelist = checked("PanelistId", callback.PanelistId, limit=255)
     reward_id = checked("RewardId", callback.RewardId, limit=255)
@@ -59,17 +62,14 @@ def normalise(provider: Provider, inbound: Inbound) -> Postback:
         raise Invalid("PanelistId and RewardId must not be empty")
     if not same_hex_digest(md5_hex(panelist, reward_id, provider.secret), callback.Sig):
         raise Unauthenticated("signature", "invalid signature")
-    try:
-        amount = check_amount(callback.Reward)
-    except AmountError as exc:
-        raise Invalid(f"Reward {exc}") from None
+    amount = _amount("Reward", callback.Reward)
     reversal = callback.RewardType == REVERSAL
     data: dict[str, str] = {"reward_type": checked("RewardType", callback.RewardType, limit=100)}
     for name, value in (("offer_title", callback.OfferTitle), ("session_id", callback.SessionId)):
         if value:
             data[name] = checked(name, value, limit=2000)
-    if callback.RevenueAmount is not None and callback.RevenueAmount.is_finite():
-        data["revenue_amount"] = format_amount(callback.RevenueAmount)
+    if bytes(callback.RevenueAmount) != b"null":
+        data["revenue_amount"] = format_amount(_amount("RevenueAmount", callback.RevenueAmount))
     return Postback(
         provider=provider.name,
         # A reversal may reuse the RewardId of the completion it reverses: two events.
@@ -80,6 +80,33 @@ def normalise(provider: Provider, inbound: Inbound) -> Postback:
         provider_ref=reward_id,
         test=callback.IsTest,
         data=data,
+    )
+
+
+def _amount(name: str, raw: msgspec.Raw) -> Decimal:
+    token = bytes(raw)
+    try:
+        if token.startswith(b'"'):
+            return parse_amount(msgspec.json.decode(token, type=str))
+        if token[:1] in b"0123456789-":
+            return check_amount(msgspec.json.decode(token, type=Decimal))
+        raise AmountError("must be a number")
+    except AmountError as exc:
+        raise Invalid(f"{name} {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise Invalid(f"{name} is not a number") from None
+
+
+def loggable(inbound: Inbound) -> dict[str, str]:
+    """The callback's fields as text, never its Sig, whatever the Content-Type said."""
+    try:
+        fields = msgspec.json.decode(inbound.body, type=dict[str, object])
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return {}
+    return storable_params(
+        (name, v if isinstance(v, str) else msgspec.json.encode(v).decode())
+        for name, v in fields.items()
+        if name.lower() not in SECRET_PARAMS
     )
 
 

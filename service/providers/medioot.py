@@ -22,6 +22,7 @@ from .base import (
     require,
     same_hex_digest,
 )
+from .base import loggable as base_loggable
 
 SECRET_PARAMS = frozenset({"signature"})
 REQUIRED_SETTINGS: tuple[str, ...] = ("secret",)
@@ -69,3 +70,7 @@ def answer(outcome: Outcome, detail: str) -> Answer:
             return plain(503, "database unavailable, retry later")
         case _:
             return plain(200, "OK")
+
+
+def loggable(inbound: Inbound) -> dict[str, str]:
+    return base_loggable(inbound, SECRET_PARAMS)

@@ -20,7 +20,6 @@ from ..providers.base import (
     Unauthenticated,
     check_source,
     client_address,
-    loggable,
     plain,
 )
 from .walls import Wall
@@ -92,7 +91,7 @@ async def _intake(
         provider=wall.config.name,
         method=request.method,
         client_ip=str(client_ip) if client_ip is not None else None,
-        params=loggable(inbound, protocol.SECRET_PARAMS),
+        params=protocol.loggable(inbound),
     )
     try:
         if refusal is not None:
