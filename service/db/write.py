@@ -47,7 +47,7 @@ RETURNING provider, key, position
 
 _EXISTING_EVENTS = """
 SELECT e.provider, e.key, e.type, e.user_id, e.amount, e.test, e.data->>'status' AS status,
-       e.position
+       e.data->>'upload_offer_id' AS offer, e.position
 FROM events AS e
 JOIN unnest($1::text[], $2::text[]) AS k(provider, key) ON e.provider = k.provider AND e.key = k.key
 """
@@ -136,16 +136,21 @@ class Receipt:
     position: int | None
 
 
+# What must match for a repeat to be a duplicate rather than a conflict; for a receipt status
+# event, also which offer it is about and the status it reports.
+Fingerprint = tuple[str, str, Decimal, bool, str | None, str | None]
+
+
 @dataclass(frozen=True, slots=True)
 class _Stored:
-    # What must match for a repeat to be a duplicate rather than a conflict.
-    fingerprint: tuple[str, str, Decimal, bool, str | None]
+    fingerprint: Fingerprint
     position: int
 
 
-def _fingerprint(p: Postback) -> tuple[str, str, Decimal, bool, str | None]:
-    status = p.data.get("status") if receipt_offers.offer_key(p) else None
-    return (p.type.value, p.user_id, p.amount, p.test, None if status is None else str(status))
+def _fingerprint(p: Postback) -> Fingerprint:
+    offer = receipt_offers.offer_key(p)
+    status = str(p.data.get("status")) if offer else None
+    return (p.type.value, p.user_id, p.amount, p.test, status, offer[1] if offer else None)
 
 
 async def append(pool: asyncpg.Pool, batch: Sequence[Submission]) -> list[Receipt]:
@@ -191,7 +196,14 @@ async def _append(
                 _EXISTING_EVENTS, [k[0] for k in skipped], [k[1] for k in skipped]
             )
             for r in rows:
-                fingerprint = (r["type"], r["user_id"], r["amount"], r["test"], r["status"])
+                fingerprint = (
+                    r["type"],
+                    r["user_id"],
+                    r["amount"],
+                    r["test"],
+                    r["status"],
+                    r["offer"],
+                )
                 stored[(r["provider"], r["key"])] = _Stored(fingerprint, r["position"])
 
     # In position order: the order the receipt state machine must see each offer's events in.
