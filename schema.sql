@@ -14,6 +14,12 @@ CREATE TABLE IF NOT EXISTS events (
     test          boolean     NOT NULL DEFAULT false,
     data          jsonb       NOT NULL DEFAULT '{}'::jsonb,
     recorded_at   timestamptz NOT NULL DEFAULT now(),
+    -- The writing transaction: the feed orders by it (see read.feed for why).
+    txid          xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    -- Tamper evidence: each event's hash covers its contents and the hash of the previous
+    -- event of the same user (events_chain below).
+    prev_hash     bytea,
+    hash          bytea       NOT NULL,
     -- Idempotency lives here: a retried postback cannot insert a second row.
     CONSTRAINT events_provider_key_unique UNIQUE (provider, key),
     CONSTRAINT events_type_known CHECK (type IN ('credited', 'reversed', 'receipt_status_changed')),
@@ -21,6 +27,35 @@ CREATE TABLE IF NOT EXISTS events (
 );
 
 CREATE INDEX IF NOT EXISTS events_user_position ON events (user_id, position);
+CREATE INDEX IF NOT EXISTS events_feed ON events (txid, position);
+
+-- The hashed form of an event: a JSON array of every field, so no separator can be moved
+-- between two fields to make different events hash alike. jsonb keeps a numeric's scale
+-- ("10.50" stays 10.50) and prints the same value the same way every time.
+CREATE OR REPLACE FUNCTION event_hash(prev bytea, e events) RETURNS bytea
+LANGUAGE sql STABLE AS $$
+    SELECT sha256(coalesce(prev, ''::bytea) || convert_to(jsonb_build_array(
+        e.position, e.provider, e.key, e.type, e.user_id, e.amount, e.provider_ref, e.test,
+        e.data, to_char(e.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    )::text, 'UTF8'))
+$$;
+
+-- Chains each new event to the previous event of its user. The write path holds the user's
+-- lock while it inserts, so "previous" cannot change underneath; rows inserted earlier by the
+-- same statement are visible here, and rows that ON CONFLICT skips are never chained.
+CREATE OR REPLACE FUNCTION events_chain() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT hash INTO NEW.prev_hash FROM events
+    WHERE user_id = NEW.user_id ORDER BY position DESC LIMIT 1;
+    NEW.hash := event_hash(NEW.prev_hash, NEW);
+    RETURN NEW;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER events_chain
+    BEFORE INSERT ON events
+    FOR EACH ROW EXECUTE FUNCTION events_chain();
 
 CREATE OR REPLACE FUNCTION events_refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$

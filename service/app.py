@@ -11,6 +11,7 @@ from aiohttp import web
 from . import keys, metrics
 from .db import connection
 from .embedded import DATABASE, EmbeddedPostgres
+from .feed import FeedSignal
 from .logs import log
 from .settings import Settings
 from .web import middlewares
@@ -76,6 +77,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         )
         app[keys.POOL] = pool
         app[keys.WRITER] = Writer(pool)
+        app[keys.FEED] = FeedSignal(dsn)
+        app[keys.FEED].start()
         probe = asyncio.create_task(_probe(app))
         try:
             yield
@@ -83,4 +86,5 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probe
+            await app[keys.FEED].stop()
             await pool.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
+from .feed import FeedSignal
 from .settings import Settings
 from .web.auth import ApiKeys
 from .web.walls import Walls
@@ -15,3 +16,4 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 WRITER = web.AppKey("writer", Writer)
 WALLS = web.AppKey("walls", Walls)
 API_KEYS = web.AppKey("api_keys", ApiKeys)
+FEED = web.AppKey("feed", FeedSignal)

@@ -11,7 +11,7 @@ from ..domain.events import Event, EventType
 from . import translated
 
 _EVENT_COLUMNS = (
-    "position, provider, key, type, user_id, amount, provider_ref, test, data, recorded_at"
+    "position, provider, key, type, user_id, amount, provider_ref, test, data, recorded_at, hash"
 )
 
 
@@ -27,6 +27,7 @@ def _event(row: asyncpg.Record) -> Event:
         test=row["test"],
         data=row["data"],
         recorded_at=row["recorded_at"],
+        hash=bytes(row["hash"]).hex(),
     )
 
 
@@ -54,6 +55,28 @@ async def wallet_events(pool: asyncpg.Pool, user_id: str, after: int, limit: int
     return [_event(r) for r in rows]
 
 
+# The global feed. Positions come from a sequence taken *before* commit, so "position > last
+# seen" skips an event whose transaction commits after a later one (the bug Marten and Eventuous
+# shipped). Instead the feed orders by (writing transaction id, position) and serves only rows
+# of transactions below the xmin of its own snapshot: every transaction below xmin has ended, so
+# no row can ever appear behind a cursor already handed out. The cost is that one long-running
+# writer holds the feed back until it ends; the write path's transactions are short.
+_FEED = f"""
+SELECT {_EVENT_COLUMNS}, txid FROM events
+WHERE (txid, position) > ($1::xid8, $2::bigint)
+  AND txid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY txid, position
+LIMIT $3
+"""
+
+
+async def feed(pool: asyncpg.Pool, after: tuple[int, int], limit: int) -> list[tuple[Event, int]]:
+    """Up to `limit` events after the (txid, position) cursor, each with its txid."""
+    with translated():
+        rows = await pool.fetch(_FEED, after[0], after[1], limit)
+    return [(_event(r), int(r["txid"])) for r in rows]
+
+
 async def postbacks(
     pool: asyncpg.Pool, provider: str | None, outcome: str | None, before: int | None, limit: int
 ) -> list[asyncpg.Record]:
@@ -72,12 +95,24 @@ async def postbacks(
     return rows
 
 
-async def snapshot_events(conn: asyncpg.Connection, chunk: int = 10_000) -> AsyncIterator[Event]:
-    """Every event in position order; call inside a repeatable-read transaction."""
-    async for row in conn.cursor(
-        f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY position", prefetch=chunk
-    ):
-        yield _event(row)
+async def log_size(conn: asyncpg.Connection) -> int:
+    """About how many events the log holds (from the index: no count over the table)."""
+    size: int | None = await conn.fetchval("SELECT max(position) FROM events")
+    return size or 0
+
+
+async def snapshot_events(
+    conn: asyncpg.Connection, chunk: int = 10_000
+) -> AsyncIterator[tuple[Event, str | None, bool]]:
+    """Every event in position order, with its stored prev_hash (hex) and whether its hash
+    matches its contents; call inside a transaction that sees a stable log."""
+    query = (
+        f"SELECT {_EVENT_COLUMNS}, prev_hash, event_hash(e.prev_hash, e) = e.hash AS hash_ok"
+        " FROM events AS e ORDER BY position"
+    )
+    async for row in conn.cursor(query, prefetch=chunk):
+        prev = row["prev_hash"]
+        yield _event(row), None if prev is None else bytes(prev).hex(), row["hash_ok"]
 
 
 async def snapshot_wallets(conn: asyncpg.Connection) -> dict[str, Any]:

@@ -105,6 +105,7 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::text
 """
 
 _ATTEMPTS = 3
+FEED_CHANNEL = "ledger_events"
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +217,8 @@ async def _append(
 
     if new:
         await conn.execute(_UPSERT_WALLETS, *_wallet_columns(new, inserted))
+        # Delivered at commit, and only then: wakes the feed's long-polling readers.
+        await conn.execute("SELECT pg_notify($1, '')", FEED_CHANNEL)
     await conn.execute(_INSERT_LOG, *_log_columns(batch, results))
     return results, new
 

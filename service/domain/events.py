@@ -59,3 +59,4 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     test: bool
     data: dict[str, Any]
     recorded_at: dt.datetime
+    hash: str = ""  # hex; chains the event to the previous one of its user
