@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default: server.port)")
     commands.add_parser("migrate", help="apply schema.sql (safe to repeat)")
     commands.add_parser("verify", help="recompute projections from the event log and compare")
+    commands.add_parser(
+        "rebuild", help="recompute every projection from the event log, then verify"
+    )
     for command in commands.choices.values():
         command.add_argument("--config", help="TOML file (default: $LEDGER_CONFIG)")
     return parser
@@ -98,7 +101,26 @@ async def _verify(settings: Settings) -> int:
     return 0 if report.ok else 1
 
 
-_COMMANDS = {"migrate": _migrate, "verify": _verify}
+async def _rebuild(settings: Settings) -> int:
+    from .app import database
+    from .rebuild import rebuild
+    from .verify import verify
+
+    async with database(settings) as dsn:
+        conn = await connection.connect(dsn)
+        try:
+            events, wallets, offers = await rebuild(conn)
+            print(f"rebuild: {wallets} wallets and {offers} receipt offers from {events} events")
+            report = await verify(conn)
+        finally:
+            await conn.close()
+    for line in report.differences:
+        print(line)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+_COMMANDS = {"migrate": _migrate, "verify": _verify, "rebuild": _rebuild}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,6 +12,7 @@ import asyncpg
 from .db import read, translated
 from .domain import receipt_offers, wallet
 from .domain.amounts import format_amount
+from .replay import replay
 
 _FIELDS = ("balance", "total_credited", "total_reversed", "event_count")
 
@@ -99,23 +100,20 @@ def _show(value: Any) -> str:
 
 
 async def verify(conn: asyncpg.Connection) -> Report:
-    report = Report()
-    computed: dict[str, wallet.Wallet] = {}
-    offers: dict[tuple[str, str], receipt_offers.ReceiptOffer] = {}
-    empty, no_offer = wallet.Wallet(), receipt_offers.ReceiptOffer()
     with translated():
         # One snapshot for the log and the projections: writes that commit meanwhile are in
         # none of them, so a busy service cannot make them look different.
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             stored = await read.snapshot_wallets(conn)
             stored_offers = await read.snapshot_offers(conn)
-            async for event in read.snapshot_events(conn):
-                computed[event.user_id] = wallet.apply(computed.get(event.user_id, empty), event)
-                offer = receipt_offers.offer_key(event)
-                if offer is not None:
-                    offers[offer], _ = receipt_offers.apply(offers.get(offer, no_offer), event)
-                report.events += 1
-    report.wallets = len(computed.keys() | stored.keys())
-    report.offers = len(offers.keys() | stored_offers.keys())
-    report.differences = compare(computed, stored) + compare_offers(offers, stored_offers)
-    return report
+            result = await replay(conn, "verify")
+    return Report(
+        events=result.events,
+        wallets=len(result.wallets.keys() | stored.keys()),
+        offers=len(result.offers.keys() | stored_offers.keys()),
+        differences=[
+            *result.chain_breaks,
+            *compare(result.wallets, stored),
+            *compare_offers(result.offers, stored_offers),
+        ],
+    )

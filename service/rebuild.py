@@ -1,0 +1,76 @@
+"""`rebuild`: recompute every projection from the event log, in one transaction."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from .db import translated
+from .replay import replay
+
+_COPY_WALLETS = (
+    "user_id",
+    "balance",
+    "total_credited",
+    "total_reversed",
+    "event_count",
+    "last_position",
+)
+_COPY_OFFERS = (
+    "provider",
+    "upload_offer_id",
+    "upload_id",
+    "offer_id",
+    "user_id",
+    "status",
+    "points_credited",
+    "approvals",
+    "event_count",
+    "last_position",
+)
+
+
+async def rebuild(conn: asyncpg.Connection) -> tuple[int, int, int]:
+    """Replace the projections with a replay of the log; (events, wallets, offers)."""
+    with translated():
+        async with conn.transaction():
+            # Writers update the projections in the same transaction as their events, so while
+            # this lock is held none can commit: the log replayed below is the whole log, and
+            # writers blocked meanwhile add their changes on top of the rebuilt rows afterwards.
+            await conn.execute("LOCK TABLE wallets, receipt_offers IN ACCESS EXCLUSIVE MODE")
+            await conn.execute("TRUNCATE wallets, receipt_offers")
+            result = await replay(conn, "rebuild")
+            await conn.copy_records_to_table(
+                "wallets",
+                columns=_COPY_WALLETS,
+                records=[
+                    (
+                        user,
+                        w.balance,
+                        w.total_credited,
+                        w.total_reversed,
+                        w.event_count,
+                        result.wallet_last[user],
+                    )
+                    for user, w in result.wallets.items()
+                ],
+            )
+            await conn.copy_records_to_table(
+                "receipt_offers",
+                columns=_COPY_OFFERS,
+                records=[
+                    (
+                        key[0],
+                        key[1],
+                        o.upload_id,
+                        o.offer_id,
+                        o.user_id,
+                        o.status,
+                        o.points_credited,
+                        o.approvals,
+                        o.event_count,
+                        result.offer_last[key],
+                    )
+                    for key, o in result.offers.items()
+                ],
+            )
+    return result.events, len(result.wallets), len(result.offers)
