@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime as dt
@@ -17,9 +18,13 @@ from ..domain.amounts import format_amount
 from ..domain.events import Event, Outcome
 from .auth import requires
 from .middlewares import ApiError
+from .openapi import Operation, Param, document
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_WAIT = 30.0  # seconds a feed request may long-poll
+_WAIT = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6})?")
+_FEED_CURSOR = re.compile(r"f([0-9]{1,20})\.([0-9]{1,19})")
 _MAX_POSITION = 2**63 - 1
 _CURSOR = re.compile(r"p([0-9]{1,19})")
 _NUMBER = re.compile(r"[0-9]{1,19}")  # ASCII: str.isdigit() also admits "²"
@@ -40,15 +45,22 @@ class EventBody(msgspec.Struct):
     type: str
     provider: str
     provider_ref: str
+    user_id: str
     amount: str
     test: bool
     recorded_at: dt.datetime
     data: dict[str, Any]
+    hash: str
 
 
 class EventsPage(msgspec.Struct):
     events: list[EventBody]
     next: str | None
+
+
+class FeedPage(msgspec.Struct):
+    events: list[EventBody]
+    next: str
 
 
 class ReceiptOfferBody(msgspec.Struct):
@@ -100,19 +112,56 @@ def decode_cursor(text: str) -> int:
     if _NUMBER.fullmatch(text):
         value = int(text)
     else:
-        raw = ""
-        if _BASE64URL.fullmatch(text):
-            try:
-                padded = text + "=" * (-len(text) % 4)
-                raw = base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
-            except (binascii.Error, UnicodeDecodeError, ValueError):
-                raw = ""
-        match = _CURSOR.fullmatch(raw)
+        match = _CURSOR.fullmatch(_unbase64(text))
         if match is None:
             raise ApiError(400, "invalid_cursor", "cursor is not one this API handed out")
         value = int(match.group(1))
     if value > _MAX_POSITION:
         raise ApiError(400, "invalid_cursor", "cursor is out of range")
+    return value
+
+
+def encode_feed_cursor(txid: int, position: int) -> str:
+    return base64.urlsafe_b64encode(f"f{txid}.{position}".encode()).decode().rstrip("=")
+
+
+def decode_feed_cursor(text: str) -> tuple[int, int]:
+    match = _FEED_CURSOR.fullmatch(_unbase64(text))
+    if match is None:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API handed out")
+    txid, position = int(match.group(1)), int(match.group(2))
+    if txid > _MAX_POSITION or position > _MAX_POSITION:
+        raise ApiError(400, "invalid_cursor", "cursor is out of range")
+    return txid, position
+
+
+def _unbase64(text: str) -> str:
+    if not _BASE64URL.fullmatch(text):
+        return ""
+    try:
+        padded = text + "=" * (-len(text) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return ""
+
+
+def _wait(request: web.Request) -> float:
+    text = request.query.get("wait", "0")
+    if not _WAIT.fullmatch(text):
+        raise ApiError(
+            400, "invalid_wait", f"wait must be a number of seconds (at most {MAX_WAIT:g})"
+        )
+    return min(float(text), MAX_WAIT)
+
+
+def _text(value: str, name: str) -> str:
+    """A path or query value the database can compare: no NUL, valid UTF-8, bounded."""
+    if len(value) > 255 or "\x00" in value:
+        raise ApiError(400, f"invalid_{name}", f"{name} must be at most 255 characters, no NUL")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, f"invalid_{name}", f"{name} is not valid UTF-8") from None
     return value
 
 
@@ -129,16 +178,18 @@ def event_body(event: Event) -> EventBody:
         type=event.type.value,
         provider=event.provider,
         provider_ref=event.provider_ref,
+        user_id=event.user_id,
         amount=format_amount(event.amount),
         test=event.test,
         recorded_at=event.recorded_at,
         data=event.data,
+        hash=event.hash,
     )
 
 
 @requires("read")
 async def get_wallet(request: web.Request) -> web.Response:
-    user_id = request.match_info["user_id"]
+    user_id = _text(request.match_info["user_id"], "user_id")
     row = await read.wallet(request.app[keys.POOL], user_id)
     if row is None:
         raise ApiError(404, "wallet_not_found", f"no wallet for user {user_id!r}")
@@ -158,16 +209,16 @@ async def get_wallet(request: web.Request) -> web.Response:
 async def get_wallet_events(request: web.Request) -> web.Response:
     after = decode_cursor(request.query["after"]) if request.query.get("after") else 0
     limit = _limit(request)
-    events = await read.wallet_events(
-        request.app[keys.POOL], request.match_info["user_id"], after, limit
-    )
+    user_id = _text(request.match_info["user_id"], "user_id")
+    events = await read.wallet_events(request.app[keys.POOL], user_id, after, limit)
     next_cursor = encode_cursor(events[-1].position) if len(events) == limit else None
     return _json(EventsPage(events=[event_body(e) for e in events], next=next_cursor))
 
 
 @requires("read")
 async def get_receipt_offer(request: web.Request) -> web.Response:
-    provider, offer = request.match_info["provider"], request.match_info["upload_offer_id"]
+    provider = _text(request.match_info["provider"], "provider")
+    offer = _text(request.match_info["upload_offer_id"], "upload_offer_id")
     row, events = await read.receipt_offer(request.app[keys.POOL], provider, offer)
     if row is None:
         raise ApiError(
@@ -198,9 +249,105 @@ async def get_postbacks(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_outcome", f"outcome must be one of {', '.join(Outcome)}")
     before = decode_cursor(query["before"]) if query.get("before") else None
     limit = _limit(request)
-    rows = await read.postbacks(
-        request.app[keys.POOL], query.get("provider") or None, outcome, before, limit
-    )
+    provider = _text(query["provider"], "provider") if query.get("provider") else None
+    rows = await read.postbacks(request.app[keys.POOL], provider, outcome, before, limit)
     bodies = [PostbackBody(**dict(r)) for r in rows]
     next_cursor = encode_cursor(bodies[-1].id) if len(bodies) == limit else None
     return _json(PostbacksPage(postbacks=bodies, next=next_cursor))
+
+
+@requires("read")
+async def get_events(request: web.Request) -> web.Response:
+    """The global feed: every event exactly once, oldest first, long-polling on `wait`."""
+    query = request.query
+    after = decode_feed_cursor(query["after"]) if query.get("after") else (0, 0)
+    limit, wait = _limit(request), _wait(request)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        page = await read.feed(request.app[keys.POOL], after, limit)
+        remaining = deadline - loop.time()
+        if page or remaining <= 0:
+            break
+        await request.app[keys.FEED].wait(remaining)
+    if page:
+        last, txid = page[-1]
+        after = (txid, last.position)
+    return _json(FeedPage(events=[event_body(e) for e, _ in page], next=encode_feed_cursor(*after)))
+
+
+@requires("read")
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.Response(body=_OPENAPI, content_type="application/json")
+
+
+_CURSOR_PARAM = "an opaque cursor: the `next` of the previous page"
+_CURSOR_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+_LIMIT = Param(
+    "limit",
+    "query",
+    f"page size (default {DEFAULT_LIMIT})",
+    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+)
+_USER = Param("user_id", "path", "the user's id as the walls send it")
+
+OPERATIONS = (
+    Operation("/v1/wallets/{user_id}", get_wallet, "A user's wallet", WalletBody, (_USER,)),
+    Operation(
+        "/v1/wallets/{user_id}/events",
+        get_wallet_events,
+        "A wallet's events, oldest first; gap-free by position",
+        EventsPage,
+        (
+            _USER,
+            Param(
+                "after",
+                "query",
+                _CURSOR_PARAM + ", or an event position",
+                {"type": "string", "pattern": "^([A-Za-z0-9_-]{1,64}|[0-9]{1,19})$"},
+            ),
+            _LIMIT,
+        ),
+    ),
+    Operation(
+        "/v1/events",
+        get_events,
+        "The global feed: every event exactly once, oldest first",
+        FeedPage,
+        (
+            Param("after", "query", _CURSOR_PARAM, _CURSOR_SCHEMA),
+            _LIMIT,
+            Param(
+                "wait",
+                "query",
+                f"seconds to long-poll while nothing is new (at most {MAX_WAIT:g} are used)",
+                {"type": "number", "minimum": 0},
+            ),
+        ),
+    ),
+    Operation(
+        "/v1/receipt-offers/{provider}/{upload_offer_id}",
+        get_receipt_offer,
+        "A receipt offer's state and history",
+        ReceiptOfferBody,
+        (
+            Param("provider", "path", "the provider name"),
+            Param("upload_offer_id", "path", "AdGate's shm_upload_offer_id"),
+        ),
+    ),
+    Operation(
+        "/v1/postbacks",
+        get_postbacks,
+        "The postback log, newest first",
+        PostbacksPage,
+        (
+            Param("provider", "query", "only this provider"),
+            Param("outcome", "query", "only this outcome", {"enum": [o.value for o in Outcome]}),
+            Param("before", "query", _CURSOR_PARAM, _CURSOR_SCHEMA),
+            _LIMIT,
+        ),
+    ),
+    Operation("/v1/openapi.json", get_openapi, "This document", dict[str, Any]),
+)
+
+_OPENAPI = msgspec.json.encode(document(OPERATIONS))

@@ -26,7 +26,7 @@ class ApiError(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
-class _Error(msgspec.Struct):
+class ErrorBody(msgspec.Struct):
     error: str
     detail: str
 
@@ -36,7 +36,7 @@ _encode = msgspec.json.Encoder().encode
 
 def json_error(status: int, code: str, detail: str) -> web.Response:
     return web.Response(
-        status=status, body=_encode(_Error(code, detail)), content_type="application/json"
+        status=status, body=_encode(ErrorBody(code, detail)), content_type="application/json"
     )
 
 

@@ -14,7 +14,5 @@ def add_routes(app: web.Application) -> None:
     for path in ("/postbacks/{name}", "/postbacks/{name}/{token}"):
         app.router.add_route("GET", path, postbacks.postback)
         app.router.add_route("POST", path, postbacks.postback)
-    app.router.add_get("/v1/wallets/{user_id}", api.get_wallet)
-    app.router.add_get("/v1/wallets/{user_id}/events", api.get_wallet_events)
-    app.router.add_get("/v1/receipt-offers/{provider}/{upload_offer_id}", api.get_receipt_offer)
-    app.router.add_get("/v1/postbacks", api.get_postbacks)
+    for operation in api.OPERATIONS:
+        app.router.add_get(operation.path, operation.handler)
