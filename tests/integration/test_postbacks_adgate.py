@@ -941,4 +941,3 @@ async def test_verify_reports_a_deleted_receipt_offer(client: Client, pool: asyn
             json.dumps({k: str(v) for k, v in dict(row).items()}),
         )
     assert (await run_verify(pool)).ok
-

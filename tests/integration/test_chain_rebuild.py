@@ -1,0 +1,183 @@
+"""Tamper evidence (hash chains per wallet) and `rebuild`."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from service.rebuild import rebuild
+from service.replay import replay
+from service.verify import verify
+from tests.helpers import AUTH, medioot, unique
+
+Client = TestClient  # type: ignore[type-arg]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def credit(client: Client, user: str, amount: str, status: str = "1") -> str:
+    tx = unique("tx")
+    resp = await client.get("/postbacks/medioot", params=medioot(user, tx, amount, status))
+    assert await resp.text() == "OK"
+    return tx
+
+
+async def test_each_event_chains_to_the_previous_one_of_its_user(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    user = unique()
+    for amount in ("1", "2", "3"):
+        await credit(client, user, amount)
+    rows = await pool.fetch(
+        "SELECT prev_hash, hash FROM events WHERE user_id = $1 ORDER BY position", user
+    )
+    assert rows[0]["prev_hash"] is None
+    assert [r["prev_hash"] for r in rows[1:]] == [r["hash"] for r in rows[:-1]]
+    assert len({bytes(r["hash"]) for r in rows}) == 3
+    page = await (await client.get(f"/v1/wallets/{user}/events", headers=AUTH)).json()
+    assert [e["hash"] for e in page["events"]] == [bytes(r["hash"]).hex() for r in rows]
+
+
+async def superuser(pool: asyncpg.Pool) -> None:
+    if not await pool.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+        pytest.skip("editing the append-only log needs a superuser (TEST_DATABASE_URL is not one)")
+
+
+async def test_an_edited_amount_makes_verify_fail_and_name_the_event(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    await superuser(pool)
+    user = unique()
+    await credit(client, user, "5")
+    tx = await credit(client, user, "7")
+    await credit(client, user, "9")
+    position = await pool.fetchval("SELECT position FROM events WHERE provider_ref = $1", tx)
+    edit = "UPDATE events SET amount = $2 WHERE position = $1"
+    async with pool.acquire() as conn, conn.transaction():
+        # A superuser can switch the append-only trigger off; the chain still tells.
+        await conn.execute("ALTER TABLE events DISABLE TRIGGER events_append_only")
+        await conn.execute(edit, position, 700)
+        await conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
+    try:
+        async with pool.acquire() as conn:
+            report = await verify(conn)
+        assert not report.ok
+        assert report.differences[0] == (
+            f"event {position} (user {user!r}): its hash does not match its contents"
+        )
+    finally:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("ALTER TABLE events DISABLE TRIGGER events_append_only")
+            await conn.execute(edit, position, 7)
+            await conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
+    async with pool.acquire() as conn:
+        assert (await verify(conn)).ok
+
+
+class _Rollback(Exception):
+    pass
+
+
+async def test_a_removed_event_breaks_the_chain_of_the_next(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    await superuser(pool)
+    user = unique()
+    await credit(client, user, "1")
+    middle = await credit(client, user, "2")
+    last = await credit(client, user, "3")
+    with pytest.raises(_Rollback):
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("ALTER TABLE events DISABLE TRIGGER events_append_only")
+            await conn.execute("DELETE FROM events WHERE provider_ref = $1", middle)
+            position = await conn.fetchval(
+                "SELECT position FROM events WHERE provider_ref = $1", last
+            )
+            result = await replay(conn, "test")
+            assert result.chain_breaks == [
+                f"event {position} (user {user!r}): does not chain to the previous event"
+                " of its user"
+            ]
+            raise _Rollback  # undo the deletion
+    async with pool.acquire() as conn:
+        assert (await verify(conn)).ok
+
+
+async def snapshot(pool: asyncpg.Pool) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    wallets = await pool.fetch(
+        "SELECT user_id, balance, total_credited, total_reversed, event_count, last_position"
+        " FROM wallets ORDER BY user_id"
+    )
+    offers = await pool.fetch(
+        "SELECT provider, upload_offer_id, upload_id, offer_id, user_id, status,"
+        " points_credited, approvals, event_count, last_position FROM receipt_offers"
+        " ORDER BY provider, upload_offer_id"
+    )
+    return wallets, offers
+
+
+async def test_rebuild_restores_identical_projections(
+    client: Client, pool: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    user = unique()
+    await credit(client, user, "10.50")
+    await credit(client, user, "0.25", status="2")
+    from service.app import create_app
+    from tests import helpers
+
+    settings = helpers.settings(
+        database_url,
+        providers=[
+            {"name": "medioot", "protocol": "medioot", "secret": helpers.MEDIOOT_SECRET},
+            {"name": "adgate", "protocol": "adgate_receipts", "url_token": "rebuild-token-0000"},
+        ],
+    )
+    adgate = TestClient(__import__("aiohttp").test_utils.TestServer(create_app(settings)))
+    await adgate.start_server()
+    try:
+        offer = unique("uo")
+        for status, points in (("MANUAL_REVIEW", "5"), ("APPROVED", "5"), ("REJECTED", "5")):
+            resp = await adgate.get(
+                "/postbacks/adgate/rebuild-token-0000",
+                params={
+                    "s1": user,
+                    "shm_upload_offer_id": offer,
+                    "shm_status": status,
+                    "shm_event_id": unique("ev"),
+                    "points": points,
+                },
+            )
+            assert resp.status == 200
+    finally:
+        await adgate.close()
+
+    before = await snapshot(pool)
+    await pool.execute("DELETE FROM wallets; DELETE FROM receipt_offers")
+    async with pool.acquire() as conn:
+        events, wallets, offers = await rebuild(conn)
+    assert (wallets, offers) == (len(before[0]), len(before[1]))
+    assert events >= 5
+    assert await snapshot(pool) == before
+    async with pool.acquire() as conn:
+        assert (await verify(conn)).ok
+
+    config = tmp_path / "ledger.toml"
+    config.write_text(f'[database]\nurl = "{database_url}"\n')
+    await pool.execute("UPDATE wallets SET balance = balance + 1")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "service", "rebuild", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].startswith("verify: ok:")
+    assert await snapshot(pool) == before
