@@ -26,6 +26,12 @@ CREATE TABLE IF NOT EXISTS events (
     CONSTRAINT events_amount_in_range CHECK (amount >= 0 AND amount < 1e15)
 );
 
+-- Upgrades a log created before these columns existed. Its older events have no hash, and
+-- verify reports them as unchained: nothing vouches for them.
+ALTER TABLE events ADD COLUMN IF NOT EXISTS txid xid8 NOT NULL DEFAULT pg_current_xact_id();
+ALTER TABLE events ADD COLUMN IF NOT EXISTS prev_hash bytea;
+ALTER TABLE events ADD COLUMN IF NOT EXISTS hash bytea;
+
 CREATE INDEX IF NOT EXISTS events_user_position ON events (user_id, position);
 CREATE INDEX IF NOT EXISTS events_feed ON events (txid, position);
 

@@ -42,7 +42,13 @@ async def replay(conn: asyncpg.Connection, label: str) -> Replay:
             result.offer_last[offer] = event.position
         if user not in broken:
             # Only the first break of each user's chain is named: later events chain to it.
-            if not hash_ok:
+            if not event.hash:
+                broken.add(user)
+                result.chain_breaks.append(
+                    f"event {event.position} (user {user!r}): has no hash (written before"
+                    " hash chains existed)"
+                )
+            elif not hash_ok:
                 broken.add(user)
                 result.chain_breaks.append(
                     f"event {event.position} (user {user!r}): its hash does not match its contents"

@@ -27,7 +27,7 @@ def _event(row: asyncpg.Record) -> Event:
         test=row["test"],
         data=row["data"],
         recorded_at=row["recorded_at"],
-        hash=bytes(row["hash"]).hex(),
+        hash="" if row["hash"] is None else bytes(row["hash"]).hex(),  # None: from before chains
     )
 
 
