@@ -76,7 +76,16 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             dsn, min_size=db.pool_min_size, max_size=db.pool_max_size, wait_limit=db.timeout
         )
         app[keys.POOL] = pool
-        app[keys.WRITER] = Writer(pool)
+        w = settings.writer
+        writer = Writer(
+            pool,
+            window=w.batch_window_ms / 1000,
+            cap=w.batch_max,
+            inflight=w.max_inflight or max(1, db.pool_max_size - 2),
+            max_queue=w.max_queue,
+        )
+        app[keys.WRITER] = writer
+        writer.start()
         app[keys.FEED] = FeedSignal(dsn)
         app[keys.FEED].start()
         probe = asyncio.create_task(_probe(app))
@@ -86,5 +95,6 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probe
+            await writer.close()  # answer every queued postback before the pool goes
             await app[keys.FEED].stop()
             await pool.close()

@@ -49,6 +49,16 @@ class Database(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     timeout: float = 5.0
 
 
+class Writer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # Group commit (service/writer.py): how long a busy service lets a batch fill, its size
+    # cap, how many batches may be written at once (0: pool_max_size - 2, at least 1), and how
+    # many postbacks may wait before new ones are refused with 503 + Retry-After.
+    batch_window_ms: float = 2.0
+    batch_max: int = 100
+    max_inflight: int = 0
+    max_queue: int = 2000
+
+
 class Provider(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     name: str
     protocol: str
@@ -66,6 +76,7 @@ class ApiKey(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     server: Server = Server()
     database: Database = Database()
+    writer: Writer = Writer()
     providers: list[Provider] = []
     api_keys: list[ApiKey] = []
 
@@ -147,6 +158,14 @@ def _validate(settings: Settings) -> None:
         )
     if database.timeout <= 0:
         raise ConfigError("config: database.timeout: must be a positive number of seconds")
+
+    writer = settings.writer
+    if not 0 <= writer.batch_window_ms <= 1000:
+        raise ConfigError("config: writer.batch_window_ms: must be from 0 to 1000")
+    if writer.batch_max < 1 or writer.max_inflight < 0 or writer.max_queue < 1:
+        raise ConfigError(
+            "config: writer: batch_max and max_queue must be at least 1, max_inflight at least 0"
+        )
 
     seen: set[str] = set()
     for i, p in enumerate(settings.providers):

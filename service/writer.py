@@ -1,21 +1,138 @@
-"""The front of the write path that handlers talk to.
+"""Group commit: concurrent postbacks share one transaction of the write path.
 
-Today every postback is its own batch; the store already takes batches, so gathering concurrent
-postbacks into one transaction changes this class only.
+The cost of a postback is dominated by its commit (a WAL flush). Gathering concurrent postbacks
+into one `append` call pays that cost once per batch. The policy:
+
+- When no batch is being written, a postback is written at once: batching adds no latency to
+  an idle service.
+- While batches are in flight, new postbacks gather for up to `window` seconds (or until `cap`
+  are waiting), then go as the next batch; at most `inflight` batches are written at once.
+- Each caller is answered only after its batch commits. A batch that fails for a database
+  reason fails all its members (503, the walls retry); one that fails for any other reason is
+  retried one postback at a time, so a single bad postback cannot take its neighbours down.
+- Past `max_queue` waiting postbacks, `submit` refuses at once (`Overloaded`, 503 with
+  Retry-After) instead of letting queues and latency grow without bound.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections import deque
+
 import asyncpg
 
+from .db import Unavailable
 from .db.write import Receipt, Submission, append
+from .logs import log
+
+_Pending = tuple[Submission, "asyncio.Future[Receipt]"]
+
+
+class Overloaded(Exception):
+    """More postbacks are waiting for the database than the service will queue."""
 
 
 class Writer:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        window: float = 0.002,
+        cap: int = 100,
+        inflight: int = 4,
+        max_queue: int = 2000,
+    ) -> None:
         self._pool = pool
+        self._window, self._cap, self._max_queue = window, cap, max_queue
+        self._queue: deque[_Pending] = deque()
+        self._arrived = asyncio.Event()
+        self._full = asyncio.Event()
+        self._slots = asyncio.Semaphore(inflight)
+        self._inflight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._runner = asyncio.create_task(self._run())
 
     async def submit(self, submission: Submission) -> Receipt:
-        """Record one postback; raises `db.Unavailable` when it could not be committed."""
-        (receipt,) = await append(self._pool, [submission])
-        return receipt
+        """Record one postback; raises `Unavailable` when it could not be committed and
+        `Overloaded` when too many are already waiting."""
+        if self._closing:
+            raise Unavailable("the service is shutting down")
+        if len(self._queue) >= self._max_queue:
+            raise Overloaded(f"{len(self._queue)} postbacks already wait for the database")
+        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        self._queue.append((submission, future))
+        self._arrived.set()
+        if len(self._queue) >= self._cap:
+            self._full.set()
+        return await future
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    async def close(self) -> None:
+        """Write what is queued, wait for every batch in flight, then stop."""
+        self._closing = True
+        self._arrived.set()
+        if self._runner is not None:
+            await self._runner
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await self._arrived.wait()
+            if not self._queue:
+                if self._closing:
+                    return
+                self._arrived.clear()
+                continue
+            if self._inflight and len(self._queue) < self._cap and not self._closing:
+                # Busy: give the next batch a moment to fill, as its commit would wait anyway.
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self._window)
+            await self._slots.acquire()
+            batch = [self._queue.popleft() for _ in range(min(self._cap, len(self._queue)))]
+            if len(self._queue) < self._cap:
+                self._full.clear()
+            self._inflight += 1
+            task = asyncio.create_task(self._flush(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        try:
+            await self._write(batch)
+        finally:
+            self._inflight -= 1
+            self._slots.release()
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        try:
+            receipts = await append(self._pool, [submission for submission, _ in batch])
+        except Unavailable as exc:
+            for _, future in batch:
+                _settle(future, exc)
+        except Exception as exc:
+            if len(batch) == 1:
+                log.exception("postback could not be written")
+                _settle(batch[0][1], exc)
+                return
+            log.exception("batch could not be written; retrying its postbacks one by one")
+            for pending in batch:
+                await self._write([pending])
+        else:
+            for (_, future), receipt in zip(batch, receipts, strict=True):
+                if not future.done():  # the caller may have gone away; the write stands
+                    future.set_result(receipt)
+
+
+def _settle(future: asyncio.Future[Receipt], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

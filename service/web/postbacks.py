@@ -22,6 +22,7 @@ from ..providers.base import (
     client_address,
     plain,
 )
+from ..writer import Overloaded
 from .walls import Wall
 
 
@@ -41,6 +42,9 @@ async def postback(request: web.Request) -> web.Response:
     submission = await _intake(request, wall, token, client_ip)
     try:
         receipt = await request.app[keys.WRITER].submit(submission)
+    except Overloaded as exc:
+        log.warning("postback refused: overloaded", error=str(exc))
+        receipt = _unrecorded(wall, "overloaded: too many postbacks wait for the database")
     except Unavailable as exc:
         log.warning("postback not recorded: database unavailable", error=str(exc))
         receipt = _unrecorded(wall)
@@ -62,7 +66,12 @@ async def postback(request: web.Request) -> web.Response:
         client_ip=submission.log.client_ip,
     )
     answer = receipt.answer
-    return web.Response(status=answer.status, text=answer.body, content_type=answer.content_type)
+    response = web.Response(
+        status=answer.status, text=answer.body, content_type=answer.content_type
+    )
+    if answer.status == 503:
+        response.headers["Retry-After"] = "1"  # walls that honour it retry soon; others anyway
+    return response
 
 
 async def _intake(
@@ -111,11 +120,11 @@ async def _intake(
     return Submission(entry, protocol.answer, postback=normalised)
 
 
-def _unrecorded(wall: Wall) -> Receipt:
+def _unrecorded(wall: Wall, detail: str = "database unavailable") -> Receipt:
     answer = wall.protocol.answer(Outcome.UNAVAILABLE, "")
     if answer.status != 503:
         answer = plain(503, "database unavailable, retry later")
-    return Receipt(Outcome.UNAVAILABLE, "database unavailable", answer, None)
+    return Receipt(Outcome.UNAVAILABLE, detail, answer, None)
 
 
 def _request_id() -> str:
