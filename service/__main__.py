@@ -21,6 +21,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP server")
     serve.add_argument("--host", help="listen address (default: server.host)")
     serve.add_argument("--port", type=int, help="listen port (default: server.port)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes serving the port (default: 1)"
+    )
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     commands.add_parser("migrate", help="apply schema.sql (safe to repeat)")
     commands.add_parser("verify", help="recompute projections from the event log and compare")
     commands.add_parser(
@@ -45,7 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = _settings(args.config)
         if args.command == "serve":
-            return _serve(settings, args.host, args.port)
+            if args.workers < 1:
+                raise ConfigError("--workers must be at least 1")
+            if args.workers > 1:
+                from .supervisor import supervise
+
+                config = args.config or os.environ["LEDGER_CONFIG"]
+                host = args.host or settings.server.host
+                port = args.port or settings.server.port
+                return supervise(settings, config, host, port, args.workers)
+            return _serve(settings, args.host, args.port, reuse_port=args.worker)
         return asyncio.run(_COMMANDS[args.command](settings))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -57,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _serve(settings: Settings, host: str | None, port: int | None) -> int:
+def _serve(settings: Settings, host: str | None, port: int | None, reuse_port: bool) -> int:
     from aiohttp import web
 
     from .app import create_app
@@ -67,7 +80,14 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
     port = port or settings.server.port
     log.info("serving", host=host, port=port, providers=[p.name for p in settings.providers])
     try:
-        web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None)
+        web.run_app(
+            create_app(settings),
+            host=host,
+            port=port,
+            access_log=None,
+            print=None,
+            reuse_port=reuse_port,
+        )
     except OSError as exc:
         if isinstance(exc, ConnectionError):
             raise

@@ -6,9 +6,19 @@ event types), never from request data, so no caller can make new series.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
 
 from .domain.events import EventType, Outcome
 
@@ -31,8 +41,20 @@ POSTBACK_DURATION = Histogram(
 )
 EVENTS = Counter("ledger_events_total", "Events appended to the ledger, by type", ["type"])
 DATABASE_UP = Gauge(
-    "ledger_database_up", "1 when the database answered the last health probe, else 0"
+    "ledger_database_up",
+    "1 when the database answered the last health probe, else 0",
+    multiprocess_mode="livemin",  # with several workers: 0 if any live worker sees it down
 )
+
+
+def exposition() -> bytes:
+    """The text for /metrics: this process's metrics, or every worker's under `--workers`."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
 
 AUTH_REASONS = ("signature", "token", "source_ip")
 
