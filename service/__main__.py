@@ -87,6 +87,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, reuse_port: b
             access_log=None,
             print=None,
             reuse_port=reuse_port,
+            keepalive_timeout=settings.server.keepalive_timeout,
         )
     except OSError as exc:
         if isinstance(exc, ConnectionError):

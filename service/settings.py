@@ -38,6 +38,10 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     port: int = 8080
     trusted_proxies: list[str] = []
     max_body_bytes: int = 65536
+    # Slow or stalled clients: a body must arrive within read_timeout seconds (else 408), and a
+    # connection that sends no complete request for keepalive_timeout seconds is closed.
+    read_timeout: float = 10.0
+    keepalive_timeout: float = 15.0
 
 
 class Database(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -146,6 +150,8 @@ def _validate(settings: Settings) -> None:
     server = settings.server
     if not 0 < server.port < 65536:
         raise ConfigError(f"config: server.port: {server.port} is not a TCP port (1-65535)")
+    if not (0 < server.read_timeout <= 300 and 0 < server.keepalive_timeout <= 3600):
+        raise ConfigError("config: server.read_timeout/keepalive_timeout: must be positive seconds")
     if server.max_body_bytes < 1:
         raise ConfigError("config: server.max_body_bytes: must be a positive number of bytes")
     for i, cidr in enumerate(server.trusted_proxies):

@@ -73,6 +73,11 @@ class TooLarge(Refused):
     status = 413
 
 
+class TooSlow(Refused):
+    outcome = Outcome.INVALID
+    status = 408
+
+
 class Unauthenticated(Refused):
     outcome = Outcome.REJECTED
     status = 403

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import structlog
@@ -17,6 +18,7 @@ from ..providers.base import (
     IPAddress,
     Refused,
     TooLarge,
+    TooSlow,
     Unauthenticated,
     check_source,
     client_address,
@@ -79,15 +81,16 @@ async def _intake(
 ) -> Submission:
     """Authenticate and normalise one request into what the write path takes."""
     protocol = wall.protocol
+    server = request.app[keys.SETTINGS].server
+    refusal: Refused | None = None
+    body = b""
     try:
-        body = await request.read()
+        async with asyncio.timeout(server.read_timeout):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        body = b""
-        refusal: Refused | None = TooLarge(
-            f"body larger than {request.app[keys.SETTINGS].server.max_body_bytes} bytes"
-        )
-    else:
-        refusal = None
+        refusal = TooLarge(f"body larger than {server.max_body_bytes} bytes")
+    except TimeoutError:
+        refusal = TooSlow(f"body not received within {server.read_timeout:g} seconds")
     inbound = Inbound(
         method=request.method,
         query=tuple(request.query.items()),
