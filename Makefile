@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check migrate verify clean
+.PHONY: run test lint typecheck check migrate verify bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ verify: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The benchmark (ops/bench): make bench BENCH_ARGS="--runs 3 --large-log"; --help lists the flags
+bench: $(STAMP)
+	$(BIN)/python ops/bench/bench.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service tests ops

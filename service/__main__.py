@@ -6,11 +6,15 @@ import argparse
 import asyncio
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from . import logs
 from .db import Unavailable, connection
 from .embedded import EmbeddedError
 from .settings import ConfigError, Settings, load
+
+if TYPE_CHECKING:
+    from .verify import Report
 
 EXIT_CONFIG = 2
 
@@ -116,10 +120,7 @@ async def _verify(settings: Settings) -> int:
             report = await verify(conn)
         finally:
             await conn.close()
-    for line in report.differences:
-        print(line)
-    print(report.summary())
-    return 0 if report.ok else 1
+    return _print_report(report)
 
 
 async def _rebuild(settings: Settings) -> int:
@@ -135,6 +136,10 @@ async def _rebuild(settings: Settings) -> int:
             report = await verify(conn)
         finally:
             await conn.close()
+    return _print_report(report)
+
+
+def _print_report(report: Report) -> int:
     for line in report.differences:
         print(line)
     print(report.summary())

@@ -20,7 +20,7 @@ from .base import (
     Invalid,
     bounded,
     named,
-    plain,
+    plain_answer,
     require,
     storable_json,
     storable_params,
@@ -88,15 +88,7 @@ def _receipt(body: bytes) -> dict[str, Any]:
 
 
 def answer(outcome: Outcome, detail: str) -> Answer:
-    match outcome:
-        case Outcome.REJECTED:
-            return plain(403, detail)
-        case Outcome.INVALID:
-            return plain(400, detail)
-        case Outcome.UNAVAILABLE:
-            return plain(503, "database unavailable, retry later")
-        case _:
-            return plain(200, "OK")  # recorded, duplicate, ignored: AdGate only needs a 200
+    return plain_answer(outcome, detail)  # AdGate only needs a 200 for new, repeat, ignored
 
 
 def loggable(inbound: Inbound) -> dict[str, str]:

@@ -91,6 +91,23 @@ def plain(status: int, body: str) -> Answer:
     return Answer(status=status, body=body)
 
 
+def plain_answer(outcome: Outcome, detail: str, *, ok: str = "OK", repeat: str = "OK") -> Answer:
+    """The plain-text convention the walls share: `ok` for a new event, `repeat` for a
+    duplicate, conflict or ignored event (retrying cannot help), 403 / 400 with the reason,
+    503 so that the wall retries later."""
+    match outcome:
+        case Outcome.DUPLICATE | Outcome.CONFLICT | Outcome.IGNORED:
+            return plain(200, repeat)
+        case Outcome.REJECTED:
+            return plain(403, detail)
+        case Outcome.INVALID:
+            return plain(400, detail)
+        case Outcome.UNAVAILABLE:
+            return plain(503, "database unavailable, retry later")
+        case _:
+            return plain(200, ok)
+
+
 class WallProtocol(Protocol):
     """The shape of every module in `service/providers/` (mypy checks modules against it)."""
 

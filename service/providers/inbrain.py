@@ -22,7 +22,7 @@ from .base import (
     Unauthenticated,
     checked,
     md5_hex,
-    plain,
+    plain_answer,
     same_hex_digest,
     storable_params,
 )
@@ -111,12 +111,4 @@ def loggable(inbound: Inbound) -> dict[str, str]:
 
 
 def answer(outcome: Outcome, detail: str) -> Answer:
-    match outcome:
-        case Outcome.REJECTED:
-            return plain(403, detail)
-        case Outcome.INVALID:
-            return plain(400, detail)
-        case Outcome.UNAVAILABLE:
-            return plain(503, "database unavailable, retry later")
-        case _:
-            return plain(200, "OK")  # new, duplicate and conflict alike: retrying cannot help
+    return plain_answer(outcome, detail)  # inBrain only needs a 200 for new and repeats

@@ -18,7 +18,7 @@ from .base import (
     bounded,
     md5_hex,
     params,
-    plain,
+    plain_answer,
     require,
     same_hex_digest,
 )
@@ -58,18 +58,8 @@ def normalise(provider: Provider, inbound: Inbound) -> Postback:
 
 
 def answer(outcome: Outcome, detail: str) -> Answer:
-    match outcome:
-        case Outcome.DUPLICATE | Outcome.CONFLICT | Outcome.IGNORED:
-            # The wall stops retrying on DUP; for a conflict, retrying cannot help either.
-            return plain(200, "DUP")
-        case Outcome.REJECTED:
-            return plain(403, detail)
-        case Outcome.INVALID:
-            return plain(400, detail)
-        case Outcome.UNAVAILABLE:
-            return plain(503, "database unavailable, retry later")
-        case _:
-            return plain(200, "OK")
+    # The wall stops retrying on DUP; for a conflict, retrying cannot help either.
+    return plain_answer(outcome, detail, repeat="DUP")
 
 
 def loggable(inbound: Inbound) -> dict[str, str]:
