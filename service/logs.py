@@ -6,6 +6,7 @@ import logging
 import sys
 from typing import TextIO
 
+import msgspec
 import structlog
 
 
@@ -21,14 +22,20 @@ def configure(level: str = "info", stream: TextIO = sys.stdout) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_json),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,
     )
 
+
+def _json(event: dict[str, object], **_: object) -> str:
+    return _encode(event).decode()
+
+
+_encode = msgspec.json.Encoder(enc_hook=str).encode
 
 log = structlog.get_logger("ledger")

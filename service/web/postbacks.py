@@ -58,11 +58,10 @@ async def postback(request: web.Request) -> web.Response:
     name = wall.config.name
     metrics.POSTBACKS.labels(provider=name, outcome=receipt.outcome.value).inc()
     metrics.POSTBACK_DURATION.labels(provider=name).observe(time.perf_counter() - started)
-    log.info(
-        "postback",
+    # One line per request: the access line (middlewares.request_context) carries these.
+    structlog.contextvars.bind_contextvars(
         provider=name,
         outcome=receipt.outcome.value,
-        status=receipt.answer.status,
         detail=receipt.detail,
         event_position=receipt.position,
         client_ip=submission.log.client_ip,
