@@ -86,6 +86,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, reuse_port: b
     try:
         web.run_app(
             create_app(settings),
+            loop=_event_loop(),
             host=host,
             port=port,
             access_log=None,
@@ -99,6 +100,20 @@ def _serve(settings: Settings, host: str | None, port: int | None, reuse_port: b
         print(f"error: cannot serve on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when it is installed: the same asyncio API, a good deal less CPU per request.
+    LEDGER_EVENT_LOOP=asyncio chooses the standard loop (to compare, or to debug)."""
+    if os.environ.get("LEDGER_EVENT_LOOP", "uvloop") == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return loop
+    return asyncio.new_event_loop()
 
 
 async def _migrate(settings: Settings) -> int:
