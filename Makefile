@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check migrate verify bench clean
+.PHONY: run test lint typecheck check migrate verify bench chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: $(STAMP)
 # The benchmark (ops/bench): make bench BENCH_ARGS="--runs 3 --large-log"; --help lists the flags
 bench: $(STAMP)
 	$(BIN)/python ops/bench/bench.py $(BENCH_ARGS)
+
+# Fault injection (ops/chaos): every scenario in turn, each printing what it did and what was
+# lost; make chaos CHAOS_ARGS="--only crash --kills 5"; ops/chaos/run_all.py --help for more
+chaos: $(STAMP)
+	$(BIN)/python ops/chaos/run_all.py $(CHAOS_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service tests ops
