@@ -1,0 +1,102 @@
+"""The printed table: each run's figures side by side, their medians, and a PASS/MISS mark of
+each median against its target."""
+
+from __future__ import annotations
+
+import math
+import operator
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+Figures = dict[str, float]
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    keys: tuple[str, ...]  # one figure, or p50 and p99 shown as "p50 / p99"
+    digits: int = 0
+    target: tuple[str, str, float] | None = None  # (key, ">=" or "<=", value)
+    large_log: bool = False  # shown only with --large-log
+
+
+ROWS = (
+    Row("ingest (service), postbacks/s", ("ingest",)),
+    Row("ingest (pgbench, same SQL), tx/s", ("pgbench",)),
+    Row("ratio ingest/pgbench", ("ratio_ingest",), 2, ("ratio_ingest", ">=", 1.0)),
+    Row("p50 / p99 at 50 % of peak, ms", ("p50_50", "p99_50"), 1, ("p99_50", "<=", 20.0)),
+    Row("p50 / p99 at 80 % of peak, ms", ("p50_80", "p99_80"), 1),
+    Row("wallet reads (service), req/s", ("reads",)),
+    Row("wallet reads (bare aiohttp), req/s", ("bare",)),
+    Row("ratio wallet reads/bare aiohttp", ("ratio_reads",), 2, ("ratio_reads", ">=", 0.7)),
+    Row("ingest with large log, postbacks/s", ("ingest_large",), large_log=True),
+    Row(
+        "ratio ingest large log/empty log",
+        ("ratio_large",),
+        2,
+        ("ratio_large", ">=", 0.9),
+        large_log=True,
+    ),
+    Row("verify, events/s", ("verify",), 0, ("verify", ">=", 200_000.0)),
+    Row("errors (non-200 answers)", ("errors",)),
+)
+
+_OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
+
+
+def derive(f: Figures) -> None:
+    """Add the ratios, each from figures of the same run."""
+
+    def ratio(a: str, b: str) -> float:
+        x, y = f.get(a, math.nan), f.get(b, math.nan)
+        return x / y if y and not math.isnan(x) and not math.isnan(y) else math.nan
+
+    f["ratio_ingest"] = ratio("ingest", "pgbench")
+    f["ratio_reads"] = ratio("reads", "bare")
+    if "ingest_large" in f:
+        f["ratio_large"] = ratio("ingest_large", "ingest")
+
+
+def median(runs: Sequence[Figures], key: str) -> float:
+    values = [r[key] for r in runs if not math.isnan(r.get(key, math.nan))]
+    return statistics.median(values) if values else math.nan
+
+
+def _cell(runs: Figures, row: Row) -> str:
+    values = [runs.get(k, math.nan) for k in row.keys]
+    if all(math.isnan(v) for v in values):
+        return "-"
+    return " / ".join("-" if math.isnan(v) else f"{v:,.{row.digits}f}" for v in values)
+
+
+def rows(large_log: bool) -> list[Row]:
+    return [r for r in ROWS if large_log or not r.large_log]
+
+
+def table(runs: Sequence[Figures], large_log: bool) -> tuple[str, bool]:
+    """The table, and whether every target was met."""
+    medians = {k: median(runs, k) for row in ROWS for k in row.keys}
+    header = ["figure", *(f"run {i}" for i in range(1, len(runs) + 1)), "median", "target", ""]
+    lines = [header]
+    all_met = True
+    for row in rows(large_log):
+        target, mark = "", ""
+        if row.target is not None:
+            key, op, value = row.target
+            target = f"{'≥' if op == '>=' else '≤'} {value:,.{1 if value < 100 else 0}f}"
+            got = medians[key]
+            met = not math.isnan(got) and _OPS[op](got, value)
+            mark = "PASS" if met else "MISS"
+            all_met &= met
+        lines.append([row.label, *(_cell(r, row) for r in runs), _cell(medians, row), target, mark])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for n, line in enumerate(lines):
+        cells = [line[0].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(line[1:-2], widths[1:-2], strict=True)]
+        cells += [line[-2].ljust(widths[-2]), line[-1]]
+        out.append("  ".join(cells).rstrip())
+        if n == 0:
+            out.append("-" * len(out[0]))
+    return "\n".join(out), all_met

@@ -1,0 +1,262 @@
+"""The scenarios of one run of the benchmark, each on a database of its own (but the two logs
+loaded once for every run): pgbench, ingest, ingest on the large log, wallet reads against bare
+aiohttp, latency at 50 % and 80 % of the peak, and verify."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import math
+import random
+import sys
+import traceback
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import loadgen
+import pgtools
+import procs
+import report
+
+MAX_RATE = 20_000  # postbacks/s the pre-generated requests allow for in closed loop
+# Open loop: connections per client, so that the load generator's connections are never what
+# requests queue for (a wall opens as many as it needs); latency still counts from the due time.
+OPEN_LOOP_CONNECTIONS = 4
+AUTH = {"Authorization": f"Bearer {procs.READ_KEY}"}
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    server: pgtools.Server
+    pgbench: Path
+    workers: int | None  # passed to serve --workers, or None when serve has no such flag
+    logs: Path
+    postgres_pid: int | None = None  # when the server runs here: its CPU use is reported
+    large_db: str | None = None
+    verify_db: str = ""
+    rng: random.Random = field(default_factory=random.Random)
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    # --- requests --------------------------------------------------------------------------------
+
+    def postbacks(self, port: int, n: int) -> tuple[list[loadgen.Request], list[str]]:
+        """`n` signed Medioot credits with fresh random transids, over `users` users."""
+        rng, users, secret = self.rng, self.args.users, procs.MEDIOOT_SECRET
+        reqs, subids = [], []
+        for _ in range(n):
+            subid = f"user-{rng.randrange(users)}"
+            transid = f"{rng.getrandbits(80):020x}"
+            cents = rng.randint(1, 99_999)
+            reward = f"{cents // 100}.{cents % 100:02d}"
+            sig = hashlib.md5(f"{subid}{transid}{reward}{secret}".encode()).hexdigest()
+            path = (
+                f"/postbacks/medioot?subid={subid}&transid={transid}&reward={reward}"
+                f"&status=1&signature={sig}"
+            )
+            reqs.append(loadgen.request(procs.HOST, port, path))
+            subids.append(subid)
+        return reqs, subids
+
+    def reads(self, port: int, users: list[str], n: int) -> list[loadgen.Request]:
+        distinct = [loadgen.request(procs.HOST, port, f"/v1/wallets/{u}", AUTH) for u in users]
+        return [distinct[i % len(distinct)] for i in range(n)]
+
+    def capacity(self) -> int:
+        return int(MAX_RATE * (self.args.warmup + self.args.duration)) + 1000
+
+    # --- measurements ----------------------------------------------------------------------------
+
+    def roots(self, name: str, server: procs.Running) -> dict[str, int]:
+        """The processes whose CPU use is reported: the server, and PostgreSQL for the service."""
+        found = {name: server.pid}
+        if self.postgres_pid is not None and name == "service":
+            found["postgres"] = self.postgres_pid
+        return found
+
+    async def metered(
+        self, roots: dict[str, int], load: Awaitable[loadgen.Result]
+    ) -> loadgen.Result:
+        """`load`, with the CPU use of `roots` over its window (warm-up excluded)."""
+        a = self.args
+        meter = asyncio.create_task(procs.cpu_cores(roots, a.warmup, a.duration))
+        result = await load
+        result.cpu = await meter
+        return result
+
+    async def closed(
+        self, name: str, server: procs.Running, items: list[loadgen.Request]
+    ) -> loadgen.Result:
+        a = self.args
+        async with loadgen.Clients(a.client, procs.HOST, server.port, a.clients, AUTH) as conns:
+            load = loadgen.closed_loop(conns, items, a.warmup, a.duration)
+            return await self.metered(self.roots(name, server), load)
+
+    async def served(self, result: loadgen.Result, log: Path, prefix: str) -> None:
+        """Add the service's own timings from its log (complete once it has stopped)."""
+        result.served_ms = await asyncio.to_thread(procs.served_ms, log, result.window, prefix)
+
+    async def ingest(self, dsn: str, label: str) -> tuple[loadgen.Result, list[str]]:
+        log = self.log(label)
+        async with procs.service(dsn, log, self.workers, self.args.pool_size) as server:
+            items, subids = self.postbacks(server.port, self.capacity())
+            await pgtools.checkpoint(dsn)
+            result = await self.closed("service", server, items)
+        await self.served(result, log, "/postbacks/")
+        return result, sorted({subids[i] for i in result.ok_items})
+
+    async def rate(self, dsn: str, label: str, rate: float) -> loadgen.Result:
+        a, log = self.args, self.log(label)
+        async with procs.service(dsn, log, self.workers, a.pool_size) as server:
+            items, _ = self.postbacks(server.port, int(rate * (a.warmup + a.duration)) + 1)
+            await pgtools.checkpoint(dsn)
+            n = a.clients * OPEN_LOOP_CONNECTIONS
+            async with loadgen.Clients(a.client, procs.HOST, server.port, n, AUTH) as conns:
+                load = loadgen.open_loop(conns, items, rate, a.warmup, a.duration)
+                result = await self.metered(self.roots("service", server), load)
+        await self.served(result, log, "/postbacks/")
+        return result
+
+    async def run(self, n: int) -> tuple[report.Figures, list[str]]:
+        a, f, notes = self.args, report.Figures(), []
+        errors = 0
+
+        def record(name: str, result: loadgen.Result) -> None:
+            nonlocal errors
+            errors += result.errors
+            note = f"{name}: {result.rate:,.0f}/s answered 200"
+            if result.errors:
+                note += f"; ERRORS: {result.error_text()}"
+            if result.exhausted:
+                note += "; ran out of pre-generated requests: the figure is a lower bound"
+            if result.latencies:
+                p50, p99 = result.percentile(0.5), result.percentile(0.99)
+                note += f"; p50 {p50:.1f} ms, p99 {p99:.1f} ms from the due time"
+            if result.served_ms:
+                p50, p99 = (loadgen.percentile(result.served_ms, s) for s in (0.5, 0.99))
+                note += f"; the service's own time (its log) p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+            notes.append(f"{note}; {cpu_text(result.cpu, result.client_cpu)}")
+            say(f"[run {n}] {notes[-1]}")
+
+        async def step(name: str, coro: Awaitable[None]) -> None:
+            try:
+                await coro
+            except Exception as exc:
+                nonlocal errors
+                errors += 1
+                notes.append(f"{name}: FAILED: {exc!r}")
+                say(traceback.format_exc().rstrip())
+                say(f"[run {n}] {notes[-1]}")
+
+        async def pgbench() -> None:
+            dsn = await self.server.create("pgbench")
+            cpu: dict[str, float] = {}
+            try:
+                await pgtools.checkpoint(dsn)
+                args = (self.pgbench, dsn, a.clients)
+                if a.warmup > 0:
+                    await pgtools.pgbench(*args, a.warmup, a.users, a.pgbench_notify)
+                seconds = max(1, round(a.duration))  # pgbench -T takes whole seconds
+                meter = None
+                if self.postgres_pid is not None:
+                    roots = {"postgres": self.postgres_pid}
+                    meter = asyncio.create_task(procs.cpu_cores(roots, 0.2, seconds - 0.4))
+                res = await pgtools.pgbench(*args, a.duration, a.users, a.pgbench_notify)
+                if meter is not None:
+                    cpu = await meter
+            finally:
+                await self.server.drop(dsn)
+            f["pgbench"] = res.tps
+            failed = f"; {res.failed} failed transactions" if res.failed else ""
+            notify = " (with pg_notify)" if a.pgbench_notify else ""
+            notes.append(f"pgbench{notify}: {res.tps:,.0f} tx/s, {a.clients} clients{failed}")
+            if cpu:
+                notes[-1] += f"; {cpu_text(cpu, None)}"
+            say(f"[run {n}] {notes[-1]}")
+
+        ingest_dsn = ""
+        users: list[str] = []
+
+        async def ingest() -> None:
+            nonlocal ingest_dsn, users
+            ingest_dsn = await self.server.create("ingest")
+            result, users = await self.ingest(ingest_dsn, f"run{n}-ingest")
+            f["ingest"] = result.rate
+            record("ingest (service, empty log)", result)
+
+        async def ingest_large() -> None:
+            assert self.large_db is not None
+            result, _ = await self.ingest(self.large_db, f"run{n}-ingest-large")
+            f["ingest_large"] = result.rate
+            record("ingest (service, large log)", result)
+
+        async def reads() -> None:
+            if not users:
+                raise RuntimeError("no wallet to read: the ingest recorded nothing")
+            order = list(users)
+            self.rng.shuffle(order)
+            log = self.log(f"run{n}-reads")
+            async with procs.service(ingest_dsn, log, self.workers, a.pool_size) as server:
+                items = self.reads(server.port, order, self.capacity())
+                result = await self.closed("service", server, items)
+            await self.served(result, log, "/v1/wallets/")
+            f["reads"] = result.rate
+            record("wallet reads (service)", result)
+            async with procs.bare(self.log(f"run{n}-bare")) as server:
+                items = self.reads(server.port, order, self.capacity())
+                result = await self.closed("bare server", server, items)
+            f["bare"] = result.rate
+            record("wallet reads (bare aiohttp)", result)
+
+        async def latency(share: float) -> None:
+            pct = round(share * 100)
+            peak = f.get("ingest", math.nan)
+            if math.isnan(peak) or peak <= 0:
+                raise RuntimeError("no peak rate measured")
+            dsn = await self.server.create(f"rate{pct}")
+            try:
+                result = await self.rate(dsn, f"run{n}-rate{pct}", share * peak)
+            finally:
+                await self.server.drop(dsn)
+            f[f"p50_{pct}"], f[f"p99_{pct}"] = result.percentile(0.5), result.percentile(0.99)
+            record(f"{pct} % of peak = {share * peak:,.0f}/s", result)
+
+        async def verify() -> None:
+            eps, events, ok, summary = await pgtools.time_verify(self.verify_db)
+            f["verify"] = eps
+            notes.append(f"verify: {events:,} events, {eps:,.0f} events/s ({summary})")
+            if not ok:
+                notes[-1] += ": THE LOG DOES NOT VERIFY"
+            say(f"[run {n}] {notes[-1]}")
+
+        # pgbench and the service's ingest back to back, then the large log, so that each
+        # ratio compares measurements taken as close together as the machine allows.
+        await step("pgbench", pgbench())
+        await step("ingest", ingest())
+        if self.large_db is not None:
+            await step("ingest, large log", ingest_large())
+        await step("wallet reads", reads())
+        if ingest_dsn:
+            await self.server.drop(ingest_dsn)
+        await step("50 % of peak", latency(0.5))
+        await step("80 % of peak", latency(0.8))
+        await step("verify", verify())
+        f["errors"] = errors
+        report.derive(f)
+        return f, notes
+
+
+def cpu_text(cpu: dict[str, float], client: float | None) -> str:
+    """E.g. "CPU in cores: service 0.95, postgres 0.70, load generator 0.09"."""
+    parts = [f"{name} {cores:.2f}" for name, cores in cpu.items()]
+    if client is not None:
+        parts.append(f"load generator {client:.2f}")
+    return "CPU in cores: " + ", ".join(parts)
