@@ -93,6 +93,9 @@ def _serve(settings: Settings, host: str | None, port: int | None, reuse_port: b
             print=None,
             reuse_port=reuse_port,
             keepalive_timeout=settings.server.keepalive_timeout,
+            # After an early answer (408, 413), read what is left of a body for at most as
+            # long as a body may take, not aiohttp's default 10 s.
+            lingering_time=min(settings.server.read_timeout, 10.0),
         )
     except OSError as exc:
         if isinstance(exc, ConnectionError):

@@ -37,6 +37,7 @@ def configure(level: str = "info", stream: TextIO = sys.stdout) -> None:
     )
     root = logging.getLogger()
     root.handlers = [handler]
+    logging.getLogger("aiohttp.server").addFilter(_no_request_text)
     # Libraries speak only when something is wrong. aiohttp's access log would print the path,
     # which holds URL tokens, so it is off and the service logs its own redacted line instead.
     root.setLevel(logging.WARNING)
@@ -48,6 +49,17 @@ def configure(level: str = "info", stream: TextIO = sys.stdout) -> None:
         logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
+
+
+def _no_request_text(record: logging.LogRecord) -> bool:
+    """aiohttp.server reports a request its parser refused with the exception, whose text
+    quotes the raw request line: a URL token, a signature. Keep the fact, drop the text."""
+    if record.exc_info and record.exc_info[1] is not None:
+        record.msg = f"{record.getMessage()} ({type(record.exc_info[1]).__name__})"
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+    return True
 
 
 def _json(event: dict[str, object], **_: object) -> str:

@@ -23,7 +23,8 @@ from collections import deque
 import asyncpg
 
 from .db import Unavailable
-from .db.write import Receipt, Submission, append
+from .db.write import Receipt, Submission, append, notify_feed
+from .domain.events import NEW_EVENT
 from .logs import log
 
 _Pending = tuple[Submission, "asyncio.Future[Receipt]"]
@@ -52,6 +53,7 @@ class Writer:
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
+        self._notifier: asyncio.Task[None] | None = None
         self._closing = False
 
     def start(self) -> None:
@@ -83,6 +85,8 @@ class Writer:
             await self._runner
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._notifier is not None:
+            await asyncio.gather(self._notifier, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
@@ -131,6 +135,19 @@ class Writer:
             for (_, future), receipt in zip(batch, receipts, strict=True):
                 if not future.done():  # the caller may have gone away; the write stands
                     future.set_result(receipt)
+            if any(r.outcome in NEW_EVENT for r in receipts):
+                self._notify_soon()
+
+    def _notify_soon(self) -> None:
+        # One notification at a time is enough: it only tells readers to look again.
+        if self._notifier is None or self._notifier.done():
+            self._notifier = asyncio.create_task(self._notify())
+
+    async def _notify(self) -> None:
+        try:
+            await notify_feed(self._pool)
+        except Unavailable:
+            pass  # readers re-check every second anyway
 
 
 def _settle(future: asyncio.Future[Receipt], exc: BaseException) -> None:

@@ -154,6 +154,14 @@ def _fingerprint(p: Postback) -> Fingerprint:
     return (p.type.value, p.user_id, p.amount, p.test, status, offer[1] if offer else None)
 
 
+async def notify_feed(pool: asyncpg.Pool) -> None:
+    """Wake the feed's long-polling readers (every process LISTENs). Sent after commit, in its
+    own transaction: a transaction that NOTIFYs holds a database-wide lock until its commit is
+    flushed, which would make every batch's commit wait for the one before."""
+    with translated():
+        await pool.execute("SELECT pg_notify($1, '')", FEED_CHANNEL)
+
+
 async def append(pool: asyncpg.Pool, batch: Sequence[Submission]) -> list[Receipt]:
     """Record `batch` in one transaction; raises `Unavailable` when that cannot be done."""
     for attempt in range(1, _ATTEMPTS + 1):
@@ -217,8 +225,6 @@ async def _append(
 
     if new:
         await conn.execute(_UPSERT_WALLETS, *_wallet_columns(new, inserted))
-        # Delivered at commit, and only then: wakes the feed's long-polling readers.
-        await conn.execute("SELECT pg_notify($1, '')", FEED_CHANNEL)
     await conn.execute(_INSERT_LOG, *_log_columns(batch, results))
     return results, new
 

@@ -31,6 +31,12 @@ class Outcome(StrEnum):
     UNAVAILABLE = "unavailable"
 
 
+# The outcomes of a postback that appended an event.
+NEW_EVENT = frozenset(
+    {Outcome.CREDITED, Outcome.REVERSED, Outcome.STATUS_CHANGED, Outcome.RECORDED, Outcome.IGNORED}
+)
+
+
 class Postback(msgspec.Struct, frozen=True, kw_only=True):
     """A postback normalised by its provider module: everything the write path needs."""
 

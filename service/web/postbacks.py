@@ -7,6 +7,7 @@ import time
 
 import structlog
 from aiohttp import web
+from aiohttp.web import RequestPayloadError
 
 from .. import keys, metrics
 from ..db import Unavailable
@@ -15,6 +16,7 @@ from ..domain.events import Outcome
 from ..logs import log
 from ..providers.base import (
     Inbound,
+    Invalid,
     IPAddress,
     Refused,
     TooLarge,
@@ -45,11 +47,12 @@ async def postback(request: web.Request) -> web.Response:
     try:
         receipt = await request.app[keys.WRITER].submit(submission)
     except Overloaded as exc:
-        log.warning("postback refused: overloaded", error=str(exc))
-        receipt = _unrecorded(wall, "overloaded: too many postbacks wait for the database")
+        # The access line carries the outcome and this detail: no second line per shed request.
+        receipt = Receipt(
+            Outcome.UNAVAILABLE, f"overloaded: {exc}", plain(503, "overloaded, retry later"), None
+        )
     except Unavailable as exc:
-        log.warning("postback not recorded: database unavailable", error=str(exc))
-        receipt = _unrecorded(wall)
+        receipt = _unrecorded(wall, f"database unavailable: {exc}")
     except Exception:
         # A bug, not the caller's fault: nothing was committed, so the wall must retry.
         log.exception("postback not recorded: unexpected error")
@@ -88,6 +91,8 @@ async def _intake(
             body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         refusal = TooLarge(f"body larger than {server.max_body_bytes} bytes")
+    except RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not
+        refusal = Invalid(f"body cannot be read: {exc}")
     except TimeoutError:
         refusal = TooSlow(f"body not received within {server.read_timeout:g} seconds")
     inbound = Inbound(
