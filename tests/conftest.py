@@ -21,6 +21,7 @@ from service.settings import Settings
 
 from . import helpers
 
+pytest_plugins = ["tests.logcapture"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
