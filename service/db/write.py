@@ -29,18 +29,22 @@ Key = tuple[str, str]
 # are handed out in commit order. So a reader paging one wallet's events by position never skips
 # one that commits late, and the order in which the receipt state machine applied an offer's
 # events is its position order, which `verify` replays. The locks are taken in sorted order, so
-# two batches can never wait on each other in a cycle.
-_LOCK = """
-SELECT pg_advisory_xact_lock(h)
-FROM (SELECT DISTINCT hashtextextended(n, 0) AS h FROM unnest($1::text[]) AS n ORDER BY h) AS l
-"""
-
+# two batches can never wait on each other in a cycle. They are taken by the same statement that
+# inserts, to save a round trip: the uncorrelated subquery on `locked` is evaluated once, before
+# the first row is inserted, so every lock is held before any position is handed out.
+#
 # The unique constraint decides what is new; rows it skips are looked up afterwards. Rows arrive
 # sorted by key, so two batches sharing keys wait on them in the same order.
-_INSERT_EVENTS = """
+_LOCK_AND_INSERT = """
+WITH locked AS (
+    SELECT count(pg_advisory_xact_lock(h)) AS n
+    FROM (SELECT DISTINCT hashtextextended(n, 0) AS h FROM unnest($9::text[]) AS n
+          ORDER BY h) AS l
+)
 INSERT INTO events (provider, key, type, user_id, amount, provider_ref, test, data)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[],
                      $6::text[], $7::bool[], $8::text[]::jsonb[])
+WHERE (SELECT n FROM locked) >= 0
 ON CONFLICT (provider, key) DO NOTHING
 RETURNING provider, key, position
 """
@@ -53,7 +57,7 @@ JOIN unnest($1::text[], $2::text[]) AS k(provider, key) ON e.provider = k.provid
 """
 
 # Sorted by user so that concurrent batches lock wallet rows in one order (no deadlock).
-_UPSERT_WALLETS = """
+_WALLETS = """
 INSERT INTO wallets AS w (user_id, balance, total_credited, total_reversed, event_count,
                           last_position, updated_at)
 SELECT u, b, c, r, n, p, now()
@@ -96,13 +100,16 @@ ON CONFLICT (provider, upload_offer_id) DO UPDATE SET
     updated_at = now()
 """
 
-_INSERT_LOG = """
+_LOG = """
 INSERT INTO postback_log (request_id, provider, outcome, http_status, detail, client_ip, method,
                           params, event_position)
 SELECT r, p, o, s, d, ip, m, pa::jsonb, ep
-FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::text[], $7::text[],
-            $8::text[], $9::int8[]) AS t(r, p, o, s, d, ip, m, pa, ep)
+FROM unnest(${0}::text[], ${1}::text[], ${2}::text[], ${3}::int2[], ${4}::text[], ${5}::text[],
+            ${6}::text[], ${7}::text[], ${8}::int8[]) AS t(r, p, o, s, d, ip, m, pa, ep)
 """
+_INSERT_LOG = _LOG.format(*range(1, 10))
+# The wallets and the log in one round trip: data-modifying WITH clauses all run.
+_WALLETS_AND_LOG = f"WITH changed AS ({_WALLETS}) {_LOG.format(*range(7, 16))}"
 
 _ATTEMPTS = 3
 FEED_CHANNEL = "ledger_events"
@@ -194,8 +201,7 @@ async def _append(
     inserted: dict[Key, int] = {}
     stored: dict[Key, _Stored] = {}
     if ordered:
-        await conn.execute(_LOCK, _lock_names(ordered))
-        rows = await conn.fetch(_INSERT_EVENTS, *_event_columns(ordered))
+        rows = await conn.fetch(_LOCK_AND_INSERT, *_event_columns(ordered), _lock_names(ordered))
         inserted = {(r["provider"], r["key"]): r["position"] for r in rows}
         for key, position in inserted.items():
             stored[key] = _Stored(_fingerprint(candidates[key]), position)
@@ -223,9 +229,11 @@ async def _append(
     for sub in batch:
         results.append(_judge(sub, inserted, stored, decided, fresh))
 
+    log = _log_columns(batch, results)
     if new:
-        await conn.execute(_UPSERT_WALLETS, *_wallet_columns(new, inserted))
-    await conn.execute(_INSERT_LOG, *_log_columns(batch, results))
+        await conn.execute(_WALLETS_AND_LOG, *_wallet_columns(new, inserted), *log)
+    else:
+        await conn.execute(_INSERT_LOG, *log)
     return results, new
 
 
