@@ -41,7 +41,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 if __package__ in (None, ""):  # run as a script: make `ops.chaos` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -51,6 +50,7 @@ import psutil
 
 from ops.chaos import common
 from ops.chaos.common import ChaosError, Report
+from ops.chaos.dbproxy import DatabaseProxy
 from ops.chaos.fuzzlib import Conn, Target, md5
 
 NAME = "overload"
@@ -60,73 +60,6 @@ TARGET = Target(
     adgate_token="overload-adgate-token-0001",
 )
 LINGERING = 10.0  # aiohttp's lingering_time: how long it reads an unread body after answering
-
-
-# --- a slow database -----------------------------------------------------------------------------
-
-
-class LatencyProxy:
-    """A TCP proxy in front of PostgreSQL (TCP or Unix socket) that holds every chunk for
-    `delay` seconds in each direction: a database whose round trips are slow, so that commits
-    are slow and a burst of postbacks outruns them."""
-
-    def __init__(self, dsn: str, delay: float) -> None:
-        self.dsn, self.delay = dsn, delay
-        parts = urlsplit(dsn)
-        host = parts.hostname or parse_qs(parts.query).get("host", ["/tmp"])[0]
-        self._port = parts.port or 5432
-        self._socket = f"{host}/.s.PGSQL.{self._port}" if host.startswith("/") else None
-        self._host = host
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> str:
-        """Listen on 127.0.0.1; the DSN that goes through the proxy."""
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        parts = urlsplit(self.dsn)
-        userinfo = parts.netloc.rpartition("@")[0]
-        netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
-        query = "&".join(p for p in parts.query.split("&") if p and not p.startswith("host="))
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            if self._socket:
-                up_reader, up_writer = await asyncio.open_unix_connection(self._socket)
-            else:
-                up_reader, up_writer = await asyncio.open_connection(self._host, self._port)
-        except OSError:
-            writer.close()
-            return
-        self._writers.update((writer, up_writer))
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while chunk := await src.read(65536):
-                await asyncio.sleep(self.delay)
-                dst.write(chunk)
-                await dst.drain()
-        except (OSError, asyncio.CancelledError):
-            pass
-        finally:
-            self._writers.discard(dst)
-            with contextlib.suppress(Exception):
-                dst.close()
 
 
 # --- figures -------------------------------------------------------------------------------------
@@ -311,7 +244,7 @@ async def scenario_burst(
     args: argparse.Namespace, pg: common.Postgres, report: Report, say: common.Say
 ) -> None:
     dsn = await pg.create_database(f"{NAME}_a")
-    proxy = LatencyProxy(dsn, args.db_latency)
+    proxy = DatabaseProxy(dsn, delay=args.db_latency)
     slow_dsn = await proxy.start()
     folder = common.run_dir(f"{NAME}-a")
     service = common.Service(dsn, folder, pool_max=args.pool, timeout=5.0)

@@ -11,9 +11,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 
+from ops.chaos.dbproxy import DatabaseProxy
 from service.app import create_app
 from tests import helpers
-from tests.dbproxy import DatabaseProxy
 from tests.helpers import AUTH, medioot, unique
 
 Client = TestClient  # type: ignore[type-arg]

@@ -28,11 +28,11 @@ import asyncpg
 import pytest
 
 from ops.chaos import common
+from ops.chaos.dbproxy import DatabaseProxy
 from ops.chaos.fuzzlib import Conn
 from ops.chaos.overload import (
     LINGERING,
     TARGET,
-    LatencyProxy,
     Slow,
     percentile,
     postback_wire,
@@ -42,7 +42,6 @@ from ops.chaos.overload import (
 from service import keys
 from service.app import create_app
 from tests import helpers
-from tests.dbproxy import DatabaseProxy
 from tests.helpers import unique
 
 MAX_QUEUE = 20
@@ -135,8 +134,8 @@ async def sample_queue(app: Any, seen: list[int]) -> None:
 
 
 @pytest.fixture
-async def slow_database(database_url: str) -> AsyncIterator[LatencyProxy]:
-    proxy = LatencyProxy(database_url, 0.003)
+async def slow_database(database_url: str) -> AsyncIterator[DatabaseProxy]:
+    proxy = DatabaseProxy(database_url, delay=0.003)
     try:
         yield proxy
     finally:
@@ -144,7 +143,7 @@ async def slow_database(database_url: str) -> AsyncIterator[LatencyProxy]:
 
 
 async def test_a_burst_beyond_what_the_database_commits_is_shed_and_converges(
-    aiohttp_client: Any, slow_database: LatencyProxy, pool: asyncpg.Pool
+    aiohttp_client: Any, slow_database: DatabaseProxy, pool: asyncpg.Pool
 ) -> None:
     dsn = await slow_database.start()
     client = await aiohttp_client(create_app(overload_settings(dsn, timeout=5.0)))

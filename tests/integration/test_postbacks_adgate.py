@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 from prometheus_client import REGISTRY
 
+from ops.chaos.dbproxy import DatabaseProxy
 from service.app import create_app
 from service.domain import receipt_offers
 from service.domain.events import EventType, Postback
@@ -26,7 +27,6 @@ from service.domain.receipt_offers import APPROVED, AWARD_PENDING, MANUAL_REVIEW
 from service.settings import Settings
 from service.verify import Report, verify
 from tests import helpers
-from tests.dbproxy import DatabaseProxy
 from tests.helpers import AUTH, unique
 
 Client = TestClient[web.Request, web.Application]

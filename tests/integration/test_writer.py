@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from ops.chaos.dbproxy import DatabaseProxy
 from service import keys
 from service.app import create_app
 from service.db import Unavailable
@@ -18,7 +19,6 @@ from service.db.connection import create_pool
 from service.domain.events import Outcome
 from service.writer import Overloaded, Writer
 from tests import helpers
-from tests.dbproxy import DatabaseProxy
 from tests.helpers import medioot, unique
 from tests.integration.test_store import submission
 

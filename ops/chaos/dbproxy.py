@@ -1,4 +1,5 @@
-"""A TCP proxy in front of PostgreSQL that a test can cut or stall, to simulate an outage."""
+"""A TCP proxy in front of PostgreSQL that can cut, stall or slow it: outages and slow databases
+for the chaos scenarios and the test suite."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ class DatabaseProxy:
 
     `cut()` drops every connection and refuses new ones, as a crashed or stopped server would;
     `stall()` keeps connections open but forwards nothing, as a network partition would;
-    `restore()` lets traffic through again.
+    `restore()` lets traffic through again. With `delay`, every chunk is held that many seconds
+    in each direction: a database whose round trips are slow.
     """
 
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
+    def __init__(self, dsn: str, delay: float = 0.0) -> None:
+        self._dsn, self._delay = dsn, delay
         parts = urlsplit(dsn)
         host = parts.hostname or parse_qs(parts.query).get("host", ["/tmp"])[0]
         self._upstream_port = parts.port or 5432
@@ -84,6 +86,8 @@ class DatabaseProxy:
         try:
             while chunk := await src.read(65536):
                 await self._flowing.wait()
+                if self._delay:
+                    await asyncio.sleep(self._delay)
                 if self.mode == "down":
                     break
                 dst.write(chunk)
