@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 from service.settings import Settings, parse
@@ -59,3 +62,30 @@ def settings(database_url: str, **overrides: Any) -> Settings:
         else:
             raw[key] = value
     return parse(raw, {})
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def run_cli(
+    *args: str, env: dict[str, str] | None = None, limit: float = 120
+) -> tuple[int, str, str]:
+    """`python -m service <args>` in the repository; (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=limit)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

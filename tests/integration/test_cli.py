@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests import helpers
 
 ROOT = Path(__file__).resolve().parents[2]
 UNSET = "LEDGER_TEST_SURELY_UNSET_VARIABLE"
@@ -28,24 +28,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service",
-        *args,
-        cwd=ROOT,
-        env=env if env is not None else cli_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await helpers.run_cli(*args, env=env if env is not None else cli_env(), limit=60)
 
 
 def toml_string(text: str) -> str:
