@@ -10,7 +10,6 @@ import pytest
 
 from tests import helpers
 
-ROOT = Path(__file__).resolve().parents[2]
 UNSET = "LEDGER_TEST_SURELY_UNSET_VARIABLE"
 
 GOOD_PROVIDER = """

@@ -22,7 +22,6 @@ from tests import helpers
 from tests.helpers import AUTH, medioot, unique
 
 Client = TestClient[web.Request, web.Application]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- helpers ------------------------------------------------------------------------------------
