@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(settings: Settings, host: str | None, port: int | None, reuse_port: bool) -> int:
     from aiohttp import web
 
-    from .app import create_app
+    from .app import create_app, new_event_loop
     from .logs import log
 
     host = host or settings.server.host
@@ -86,7 +86,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, reuse_port: b
     try:
         web.run_app(
             create_app(settings),
-            loop=_event_loop(),
+            loop=new_event_loop(),
             host=host,
             port=port,
             access_log=None,
@@ -103,20 +103,6 @@ def _serve(settings: Settings, host: str | None, port: int | None, reuse_port: b
         print(f"error: cannot serve on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when it is installed: the same asyncio API, a good deal less CPU per request.
-    LEDGER_EVENT_LOOP=asyncio chooses the standard loop (to compare, or to debug)."""
-    if os.environ.get("LEDGER_EVENT_LOOP", "uvloop") == "uvloop":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-            return loop
-    return asyncio.new_event_loop()
 
 
 async def _migrate(settings: Settings) -> int:

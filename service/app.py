@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -19,6 +20,20 @@ from .web.auth import ApiKeys
 from .web.routes import add_routes
 from .web.walls import Walls
 from .writer import Writer
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when it is installed: the same asyncio API, a good deal less CPU per request.
+    LEDGER_EVENT_LOOP=asyncio chooses the standard loop (to compare, or to debug)."""
+    if os.environ.get("LEDGER_EVENT_LOOP", "uvloop") == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return loop
+    return asyncio.new_event_loop()
 
 
 @contextlib.asynccontextmanager

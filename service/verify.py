@@ -46,15 +46,9 @@ def compare(computed: Mapping[str, wallet.Wallet], stored: Mapping[str, Any]) ->
         if row is None:
             differences.append(f"wallet {user_id!r}: missing from the projection")
             continue
-        if expected is None:
-            expected = wallet.Wallet()
-        for name in _FIELDS:
-            want, have = getattr(expected, name), row[name]
-            if want != have:
-                differences.append(
-                    f"wallet {user_id!r}: {name} is {_show(have)} in the projection,"
-                    f" {_show(want)} from the events"
-                )
+        differences += _field_differences(
+            f"wallet {user_id!r}", expected or wallet.Wallet(), row, _FIELDS
+        )
     return differences
 
 
@@ -83,14 +77,19 @@ def compare_offers(
         elif expected is None:
             differences.append(f"{name}: in the projection but has no events")
         else:
-            for field_name in _OFFER_FIELDS:
-                want, have = getattr(expected, field_name), row[field_name]
-                if want != have:
-                    differences.append(
-                        f"{name}: {field_name} is {_show(have)} in the projection,"
-                        f" {_show(want)} from the events"
-                    )
+            differences += _field_differences(name, expected, row, _OFFER_FIELDS)
     return differences
+
+
+def _field_differences(
+    name: str, expected: object, row: Mapping[str, Any], fields: tuple[str, ...]
+) -> list[str]:
+    return [
+        f"{name}: {field} is {_show(row[field])} in the projection,"
+        f" {_show(getattr(expected, field))} from the events"
+        for field in fields
+        if getattr(expected, field) != row[field]
+    ]
 
 
 def _show(value: Any) -> str:

@@ -11,10 +11,11 @@ picks (uvloop when installed, unless LEDGER_EVENT_LOOP=asyncio), so only the han
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 
 from aiohttp import web
+
+from service.app import new_event_loop
 
 BODY = (
     b'{"user_id":"user-12345","balance":"1234.50","total_credited":"1234.50",'
@@ -31,16 +32,8 @@ async def ready(request: web.Request) -> web.Response:
 
 
 def event_loop() -> asyncio.AbstractEventLoop:
-    """The loop `python -m service serve` runs on (service/__main__.py, _event_loop)."""
-    if os.environ.get("LEDGER_EVENT_LOOP", "uvloop") == "uvloop":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-            return loop
-    return asyncio.new_event_loop()
+    """The loop `python -m service serve` runs on, so only the handler differs."""
+    return new_event_loop()
 
 
 def main() -> None:
