@@ -132,3 +132,63 @@ CREATE TABLE IF NOT EXISTS receipt_offers (
 CREATE INDEX IF NOT EXISTS events_receipt_offer
     ON events (provider, (data->>'upload_offer_id'), position)
     WHERE type = 'receipt_status_changed';
+
+-- One signature authenticates one postback. Walls sign a plain concatenation of some fields, so
+-- characters moved across a field boundary keep a signature valid; the write path refuses a
+-- signature already seen with other values of the fields it signs. Only digests are kept: of
+-- the signature (lowercase) and of the signed values. Kept for good: a row is 64 bytes beside
+-- an event of several hundred, and a wall may resend (or a chargeback reuse) a signature months
+-- later.
+CREATE TABLE IF NOT EXISTS signatures (
+    provider    text        NOT NULL,
+    signature   bytea       NOT NULL,
+    signed      bytea       NOT NULL,
+    first_seen  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (provider, signature)
+);
+
+-- Projection: each wall transaction's credit and reversal (domain/settlement.py), so that a
+-- reversal takes back at most what its credit gave, from the same user, once. The link is the
+-- click `uuid` when the wall sent one, else the wall's transaction id (provider_ref).
+CREATE TABLE IF NOT EXISTS settlements (
+    provider       text        NOT NULL,
+    link           text        NOT NULL,
+    credit_key     text,
+    credit_user    text        NOT NULL DEFAULT '',
+    credited       numeric     NOT NULL DEFAULT 0,
+    reversal_key   text,
+    reversal_user  text        NOT NULL DEFAULT '',
+    reversed       numeric     NOT NULL DEFAULT 0,
+    last_position  bigint      NOT NULL DEFAULT 0,
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (provider, link)
+);
+
+-- A log written before settlements existed: pair its credits and reversals once, the first of
+-- each per transaction (the write path now refuses a second one), so that a chargeback arriving
+-- after the upgrade finds its credit. Runs only while the projection is empty and the log has
+-- credits or reversals, that is once.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM settlements)
+       AND EXISTS (SELECT 1 FROM events WHERE type IN ('credited', 'reversed') AND NOT test) THEN
+        INSERT INTO settlements (provider, link, credit_key, credit_user, credited,
+                                 reversal_key, reversal_user, reversed, last_position)
+        SELECT provider, link,
+               (array_agg(key ORDER BY position) FILTER (WHERE type = 'credited'))[1],
+               coalesce((array_agg(user_id ORDER BY position)
+                         FILTER (WHERE type = 'credited'))[1], ''),
+               coalesce((array_agg(amount ORDER BY position)
+                         FILTER (WHERE type = 'credited'))[1], 0),
+               (array_agg(key ORDER BY position) FILTER (WHERE type = 'reversed'))[1],
+               coalesce((array_agg(user_id ORDER BY position)
+                         FILTER (WHERE type = 'reversed'))[1], ''),
+               coalesce((array_agg(amount ORDER BY position)
+                         FILTER (WHERE type = 'reversed'))[1], 0),
+               max(position)
+        FROM (SELECT *, coalesce(nullif(data->>'uuid', ''), provider_ref) AS link
+              FROM events WHERE type IN ('credited', 'reversed') AND NOT test) AS e
+        GROUP BY provider, link;
+    END IF;
+END;
+$$;

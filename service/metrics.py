@@ -56,7 +56,7 @@ def exposition() -> bytes:
     return generate_latest(REGISTRY)
 
 
-AUTH_REASONS = ("signature", "token", "source_ip")
+AUTH_REASONS = ("signature", "token", "source_ip", "replay")
 
 
 def initialise(providers: Iterable[str]) -> None:

@@ -27,6 +27,17 @@ _COPY_OFFERS = (
     "event_count",
     "last_position",
 )
+_COPY_SETTLEMENTS = (
+    "provider",
+    "link",
+    "credit_key",
+    "credit_user",
+    "credited",
+    "reversal_key",
+    "reversal_user",
+    "reversed",
+    "last_position",
+)
 
 
 async def rebuild(conn: asyncpg.Connection) -> tuple[int, int, int]:
@@ -36,8 +47,10 @@ async def rebuild(conn: asyncpg.Connection) -> tuple[int, int, int]:
             # Writers update the projections in the same transaction as their events, so while
             # this lock is held none can commit: the log replayed below is the whole log, and
             # writers blocked meanwhile add their changes on top of the rebuilt rows afterwards.
-            await conn.execute("LOCK TABLE wallets, receipt_offers IN ACCESS EXCLUSIVE MODE")
-            await conn.execute("TRUNCATE wallets, receipt_offers")
+            await conn.execute(
+                "LOCK TABLE settlements, receipt_offers, wallets IN ACCESS EXCLUSIVE MODE"
+            )
+            await conn.execute("TRUNCATE settlements, receipt_offers, wallets")
             result = await replay(conn, "rebuild")
             await conn.copy_records_to_table(
                 "wallets",
@@ -71,6 +84,24 @@ async def rebuild(conn: asyncpg.Connection) -> tuple[int, int, int]:
                         result.offer_last[key],
                     )
                     for key, o in result.offers.items()
+                ],
+            )
+            await conn.copy_records_to_table(
+                "settlements",
+                columns=_COPY_SETTLEMENTS,
+                records=[
+                    (
+                        key[0],
+                        key[1],
+                        s.credit_key,
+                        s.credit_user,
+                        s.credited,
+                        s.reversal_key,
+                        s.reversal_user,
+                        s.reversed,
+                        result.settlement_last[key],
+                    )
+                    for key, s in result.settlements.items()
                 ],
             )
     return result.events, len(result.wallets), len(result.offers)

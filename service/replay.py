@@ -1,6 +1,6 @@
-"""Replay the event log: fold every event into wallets and receipt offers with the pure domain
-code, and check every event's hash and its link to the previous event of its user. `verify`
-compares the result with the projections; `rebuild` writes it in their place."""
+"""Replay the event log: fold every event into wallets, settlements and receipt offers with the
+pure domain code, and check every event's hash and its link to the previous event of its user.
+`verify` compares the result with the projections; `rebuild` writes it in their place."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from .db import read
-from .domain import receipt_offers, wallet
+from .domain import receipt_offers, settlement, wallet
 from .progress import Progress
 
 
@@ -20,6 +20,8 @@ class Replay:
     wallet_last: dict[str, int] = field(default_factory=dict)
     offers: dict[tuple[str, str], receipt_offers.ReceiptOffer] = field(default_factory=dict)
     offer_last: dict[tuple[str, str], int] = field(default_factory=dict)
+    settlements: dict[tuple[str, str], settlement.Settlement] = field(default_factory=dict)
+    settlement_last: dict[tuple[str, str], int] = field(default_factory=dict)
     chain_breaks: list[str] = field(default_factory=list)
 
 
@@ -32,8 +34,12 @@ async def replay(conn: asyncpg.Connection, label: str) -> Replay:
     progress = Progress(label, await read.log_size(conn))
     async for event, prev_hash, hash_ok in read.snapshot_events(conn):
         user = event.user_id
-        result.wallets[user] = wallet.apply(result.wallets.get(user, empty), event)
+        movement = settlement.move(result.settlements, event)
+        result.wallets[user] = wallet.apply(result.wallets.get(user, empty), movement)
         result.wallet_last[user] = event.position
+        link = settlement.link(event)
+        if link is not None and link in result.settlements:
+            result.settlement_last[link] = event.position
         offer = receipt_offers.offer_key(event)
         if offer is not None:
             result.offers[offer], _ = receipt_offers.apply(

@@ -1,4 +1,5 @@
-"""`verify`: recompute every wallet from the event log and compare it with the projection."""
+"""`verify`: recompute every projection (wallets, receipt offers, settlements) from the event log
+and compare it with what the database holds."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from .db import read, translated
-from .domain import receipt_offers, wallet
+from .domain import receipt_offers, settlement, wallet
 from .domain.amounts import format_amount
 from .replay import replay
 
@@ -63,21 +64,48 @@ _OFFER_FIELDS = (
 )
 
 
+_SETTLEMENT_FIELDS = (
+    "credit_key",
+    "credit_user",
+    "credited",
+    "reversal_key",
+    "reversal_user",
+    "reversed",
+)
+
+
 def compare_offers(
     computed: Mapping[tuple[str, str], receipt_offers.ReceiptOffer],
     stored: Mapping[tuple[str, str], Any],
 ) -> list[str]:
     """One line per receipt offer whose projection differs from the replay of its events."""
+    return _compare_keyed("receipt offer", computed, stored, _OFFER_FIELDS)
+
+
+def compare_settlements(
+    computed: Mapping[tuple[str, str], settlement.Settlement],
+    stored: Mapping[tuple[str, str], Any],
+) -> list[str]:
+    """One line per wall transaction whose settlement differs from the replay of its events."""
+    return _compare_keyed("transaction", computed, stored, _SETTLEMENT_FIELDS)
+
+
+def _compare_keyed(
+    kind: str,
+    computed: Mapping[tuple[str, str], object],
+    stored: Mapping[tuple[str, str], Any],
+    fields: tuple[str, ...],
+) -> list[str]:
     differences = []
     for key in sorted(computed.keys() | stored.keys()):
-        name = f"receipt offer {key[0]}/{key[1]!r}"
+        name = f"{kind} {key[0]}/{key[1]!r}"
         expected, row = computed.get(key), stored.get(key)
         if row is None:
             differences.append(f"{name}: missing from the projection")
         elif expected is None:
             differences.append(f"{name}: in the projection but has no events")
         else:
-            differences += _field_differences(name, expected, row, _OFFER_FIELDS)
+            differences += _field_differences(name, expected, row, fields)
     return differences
 
 
@@ -105,6 +133,7 @@ async def verify(conn: asyncpg.Connection) -> Report:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             stored = await read.snapshot_wallets(conn)
             stored_offers = await read.snapshot_offers(conn)
+            stored_settlements = await read.snapshot_settlements(conn)
             result = await replay(conn, "verify")
     return Report(
         events=result.events,
@@ -114,5 +143,6 @@ async def verify(conn: asyncpg.Connection) -> Report:
             *result.chain_breaks,
             *compare(result.wallets, stored),
             *compare_offers(result.offers, stored_offers),
+            *compare_settlements(result.settlements, stored_settlements),
         ],
     )

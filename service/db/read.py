@@ -150,3 +150,11 @@ async def snapshot_offers(conn: asyncpg.Connection) -> dict[tuple[str, str], Any
         " approvals, event_count FROM receipt_offers"
     )
     return {(r["provider"], r["upload_offer_id"]): r for r in rows}
+
+
+async def snapshot_settlements(conn: asyncpg.Connection) -> dict[tuple[str, str], Any]:
+    rows = await conn.fetch(
+        "SELECT provider, link, credit_key, credit_user, credited, reversal_key, reversal_user,"
+        " reversed FROM settlements"
+    )
+    return {(r["provider"], r["link"]): r for r in rows}

@@ -1,8 +1,9 @@
 """The one write path: `append(pool, batch)` records a batch of postbacks in one transaction.
 
-For every submission it decides the outcome (new event, duplicate, conflict, or the refusal the
-handler already found), appends the new events, folds them into the wallet projection, and writes
-the postback log, all in the same transaction: an answer is only given for what has committed.
+For every submission it decides the outcome (new event, duplicate, conflict, a signature replay,
+or the refusal the handler already found), appends the new events, folds them into the
+settlements, receipt offers and wallets, and writes the postback log, all in the same
+transaction: an answer is only given for what has committed.
 """
 
 from __future__ import annotations
@@ -16,35 +17,65 @@ import asyncpg
 import msgspec
 
 from .. import metrics
-from ..domain import receipt_offers, wallet
+from ..domain import receipt_offers, settlement, wallet
 from ..domain.events import Outcome, Postback
 from ..logs import log
-from ..providers.base import Answer
+from ..providers.base import Answer, AuthReason
 from . import Unavailable, translated
 
 Key = tuple[str, str]
 
-# Why the advisory locks come first: holding the lock of every user and receipt offer a batch
-# touches *before* its events get their positions means that, per user and per offer, positions
-# are handed out in commit order. So a reader paging one wallet's events by position never skips
-# one that commits late, and the order in which the receipt state machine applied an offer's
-# events is its position order, which `verify` replays. The locks are taken in sorted order, so
-# two batches can never wait on each other in a cycle. They are taken by the same statement that
-# inserts, to save a round trip: the uncorrelated subquery on `locked` is evaluated once, before
-# the first row is inserted, so every lock is held before any position is handed out.
+# Why the advisory locks come first: holding the lock of every user, receipt offer and wall
+# transaction (link) a batch touches *before* its events get their positions means that, per
+# user and per offer, positions are handed out in commit order. So a reader paging one wallet's
+# events by position never skips one that commits late, and the order in which the receipt state
+# machine applied an offer's events is its position order, which `verify` replays. It also means
+# that the projections read after the locks (offers, settlements) cannot change until commit, so
+# what is decided from them holds. The locks are taken in sorted order, so two batches can never
+# wait on each other in a cycle.
 #
-# The unique constraint decides what is new; rows it skips are looked up afterwards. Rows arrive
-# sorted by key, so two batches sharing keys wait on them in the same order.
-_LOCK_AND_INSERT = """
+# The first statement takes the locks and records the batch's signatures (digests only) in one
+# round trip. The `locked` CTE is referenced by the insert, so every lock is held before the
+# first signature row goes in, and by the last UNION branch, so the locks are taken even when
+# the batch has no signature at all. A signature already seen is left as it is (ON CONFLICT):
+# it is compared afterwards with what this postback says it signs.
+_LOCK_AND_SIGN = """
 WITH locked AS (
     SELECT count(pg_advisory_xact_lock(h)) AS n
-    FROM (SELECT DISTINCT hashtextextended(n, 0) AS h FROM unnest($9::text[]) AS n
+    FROM (SELECT DISTINCT hashtextextended(n, 0) AS h FROM unnest($1::text[]) AS n
           ORDER BY h) AS l
+), signed AS (
+    INSERT INTO signatures (provider, signature, signed)
+    SELECT * FROM unnest($2::text[], $3::bytea[], $4::bytea[])
+    WHERE (SELECT n FROM locked) >= 0
+    ON CONFLICT (provider, signature) DO NOTHING
+    RETURNING provider, signature
 )
+SELECT provider, signature FROM signed
+UNION ALL SELECT NULL, NULL FROM locked
+"""
+
+_SIGNATURES = """
+SELECT s.provider, s.signature, s.signed
+FROM signatures AS s
+JOIN unnest($1::text[], $2::bytea[]) AS k(provider, signature)
+  ON s.provider = k.provider AND s.signature = k.signature
+"""
+
+_SETTLEMENTS = """
+SELECT s.provider, s.link, s.credit_key, s.credit_user, s.credited, s.reversal_key,
+       s.reversal_user, s.reversed
+FROM settlements AS s
+JOIN unnest($1::text[], $2::text[]) AS k(provider, link)
+  ON s.provider = k.provider AND s.link = k.link
+"""
+
+# The unique constraint decides what is new; rows it skips are looked up afterwards. Rows arrive
+# sorted by key, so two batches sharing keys wait on them in the same order.
+_INSERT = """
 INSERT INTO events (provider, key, type, user_id, amount, provider_ref, test, data)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[],
                      $6::text[], $7::bool[], $8::text[]::jsonb[])
-WHERE (SELECT n FROM locked) >= 0
 ON CONFLICT (provider, key) DO NOTHING
 RETURNING provider, key, position
 """
@@ -61,8 +92,8 @@ _WALLETS = """
 INSERT INTO wallets AS w (user_id, balance, total_credited, total_reversed, event_count,
                           last_position, updated_at)
 SELECT u, b, c, r, n, p, now()
-FROM unnest($1::text[], $2::numeric[], $3::numeric[], $4::numeric[], $5::bigint[], $6::bigint[])
-     AS t(u, b, c, r, n, p)
+FROM unnest(${0}::text[], ${1}::numeric[], ${2}::numeric[], ${3}::numeric[], ${4}::bigint[],
+            ${5}::bigint[]) AS t(u, b, c, r, n, p)
 ORDER BY u
 ON CONFLICT (user_id) DO UPDATE SET
     balance = w.balance + EXCLUDED.balance,
@@ -100,6 +131,24 @@ ON CONFLICT (provider, upload_offer_id) DO UPDATE SET
     updated_at = now()
 """
 
+# A wall transaction's credit and reversal (domain/settlement.py), written whole.
+_SETTLE = """
+INSERT INTO settlements AS s (provider, link, credit_key, credit_user, credited, reversal_key,
+                              reversal_user, reversed, last_position, updated_at)
+SELECT *, now()
+FROM unnest(${0}::text[], ${1}::text[], ${2}::text[], ${3}::text[], ${4}::numeric[],
+            ${5}::text[], ${6}::text[], ${7}::numeric[], ${8}::bigint[])
+ON CONFLICT (provider, link) DO UPDATE SET
+    credit_key = EXCLUDED.credit_key,
+    credit_user = EXCLUDED.credit_user,
+    credited = EXCLUDED.credited,
+    reversal_key = EXCLUDED.reversal_key,
+    reversal_user = EXCLUDED.reversal_user,
+    reversed = EXCLUDED.reversed,
+    last_position = EXCLUDED.last_position,
+    updated_at = now()
+"""
+
 _LOG = """
 INSERT INTO postback_log (request_id, provider, outcome, http_status, detail, client_ip, method,
                           params, event_position)
@@ -108,8 +157,11 @@ FROM unnest(${0}::text[], ${1}::text[], ${2}::text[], ${3}::int2[], ${4}::text[]
             ${6}::text[], ${7}::text[], ${8}::int8[]) AS t(r, p, o, s, d, ip, m, pa, ep)
 """
 _INSERT_LOG = _LOG.format(*range(1, 10))
-# The wallets and the log in one round trip: data-modifying WITH clauses all run.
-_WALLETS_AND_LOG = f"WITH changed AS ({_WALLETS}) {_LOG.format(*range(7, 16))}"
+# Settlements, wallets and the log in one round trip: data-modifying WITH clauses all run.
+_PROJECT_AND_LOG = (
+    f"WITH settled AS ({_SETTLE.format(*range(1, 10))}),"
+    f" changed AS ({_WALLETS.format(*range(10, 16))}) {_LOG.format(*range(16, 25))}"
+)
 
 _ATTEMPTS = 3
 FEED_CHANNEL = "ledger_events"
@@ -142,6 +194,8 @@ class Receipt:
     detail: str
     answer: Answer
     position: int | None
+    # Why authentication failed, for a postback the write path refused as a replay.
+    auth_reason: AuthReason | None = None
 
 
 # What must match for a repeat to be a duplicate rather than a conflict; for a receipt status
@@ -153,6 +207,20 @@ Fingerprint = tuple[str, str, Decimal, bool, str | None, str | None]
 class _Stored:
     fingerprint: Fingerprint
     position: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """A postback refused by what the log already holds, before anything of it was written."""
+
+    outcome: Outcome
+    detail: str
+    auth_reason: AuthReason | None = None
+
+
+_REPLAY = _Refusal(
+    Outcome.REJECTED, "signature already used with other values of the fields it signs", "replay"
+)
 
 
 def _fingerprint(p: Postback) -> Fingerprint:
@@ -184,28 +252,40 @@ async def append(pool: asyncpg.Pool, batch: Sequence[Submission]) -> list[Receip
             log.warning("write transaction rolled back, retrying", attempt=attempt, error=str(exc))
     for postback in new:
         metrics.EVENTS.labels(type=postback.type.value).inc()
+    for sub, receipt in zip(batch, results, strict=True):
+        if receipt.auth_reason is not None:
+            metrics.SIGNATURE_FAILURES.labels(
+                provider=sub.log.provider, reason=receipt.auth_reason
+            ).inc()
     return results
 
 
 async def _append(
     conn: asyncpg.Connection, batch: Sequence[Submission]
 ) -> tuple[list[Receipt], list[Postback]]:
-    # The first copy of each key in the batch is the candidate; later copies are judged against
-    # whatever the log holds for that key, exactly as a copy in a later batch would be.
+    postbacks = [sub.postback for sub in batch if sub.postback is not None]
+    await _lock_and_sign(conn, postbacks)
+    replays = await _replays(conn, postbacks)
+
+    # The first copy of each key that is not a replay is the candidate; later copies are judged
+    # against whatever the log holds for that key, exactly as a copy in a later batch would be.
     candidates: dict[Key, Postback] = {}
-    for sub in batch:
-        if sub.postback is not None:
-            candidates.setdefault((sub.postback.provider, sub.postback.key), sub.postback)
-    ordered = [candidates[k] for k in sorted(candidates)]
+    for p in postbacks:
+        if id(p) not in replays:
+            candidates.setdefault((p.provider, p.key), p)
+    links = await _settlements(conn, list(candidates.values()))
+    offers = await _offers(conn, list(candidates.values()))
+    refused = _conflicts(sorted(candidates.items()), links, offers)
+    ordered = [candidates[k] for k in sorted(candidates) if k not in refused]
 
     inserted: dict[Key, int] = {}
     stored: dict[Key, _Stored] = {}
     if ordered:
-        rows = await conn.fetch(_LOCK_AND_INSERT, *_event_columns(ordered), _lock_names(ordered))
+        rows = await conn.fetch(_INSERT, *_event_columns(ordered))
         inserted = {(r["provider"], r["key"]): r["position"] for r in rows}
         for key, position in inserted.items():
             stored[key] = _Stored(_fingerprint(candidates[key]), position)
-        skipped = [k for k in candidates if k not in inserted]
+        skipped = [k for k in candidates if k not in inserted and k not in refused]
         if skipped:
             rows = await conn.fetch(
                 _EXISTING_EVENTS, [k[0] for k in skipped], [k[1] for k in skipped]
@@ -221,41 +301,100 @@ async def _append(
                 )
                 stored[(r["provider"], r["key"])] = _Stored(fingerprint, r["position"])
 
-    # In position order: the order the receipt state machine must see each offer's events in.
+    # In position order: the order the receipt state machine and the settlements must see each
+    # offer's and each transaction's events in.
     new = [candidates[k] for k in sorted(inserted, key=inserted.__getitem__)]
-    decided = await _apply_receipts(conn, new, inserted)
+    decided = await _apply_receipts(conn, new, inserted, offers)
+    moved, settled = _settle(new, inserted, links)
     results: list[Receipt] = []
     fresh: set[Key] = set()
     for sub in batch:
-        results.append(_judge(sub, inserted, stored, decided, fresh))
+        pb = sub.postback
+        refusal = None
+        if pb is not None and id(pb) in replays:
+            refusal = _REPLAY
+        elif pb is not None and candidates.get((pb.provider, pb.key)) is pb:
+            refusal = refused.get((pb.provider, pb.key))
+        if refusal is not None:
+            results.append(_refused(sub, refusal))
+        else:
+            results.append(_judge(sub, inserted, stored, decided, moved, fresh))
 
     log = _log_columns(batch, results)
     if new:
-        await conn.execute(_WALLETS_AND_LOG, *_wallet_columns(new, inserted), *log)
+        await conn.execute(
+            _PROJECT_AND_LOG,
+            *_settlement_columns(settled),
+            *_wallet_columns(new, inserted, moved),
+            *log,
+        )
     else:
         await conn.execute(_INSERT_LOG, *log)
     return results, new
 
 
-def _lock_names(postbacks: list[Postback]) -> list[str]:
-    names = {f"user:{p.user_id}" for p in postbacks}
+async def _lock_and_sign(conn: asyncpg.Connection, postbacks: list[Postback]) -> None:
+    """Take the batch's locks; record the signatures first seen here (see _LOCK_AND_SIGN)."""
+    first: dict[tuple[str, bytes], bytes] = {}
     for p in postbacks:
-        offer = receipt_offers.offer_key(p)
-        if offer is not None:
-            names.add(f"offer:{offer[0]}:{offer[1]}")  # provider names hold no ':'
-    return sorted(names)
+        if p.signed is not None:
+            first.setdefault((p.provider, p.signed.signature), p.signed.values)
+    # Sorted, so that two batches inserting the same signatures wait on them in one order.
+    rows = sorted(first.items())
+    await conn.fetch(
+        _LOCK_AND_SIGN,
+        _lock_names(postbacks),
+        [k[0] for k, _ in rows],
+        [k[1] for k, _ in rows],
+        [v for _, v in rows],
+    )
 
 
-async def _apply_receipts(
-    conn: asyncpg.Connection, new: list[Postback], inserted: dict[Key, int]
-) -> dict[Key, Outcome]:
-    """Fold the new receipt status events into their offers; the outcome of each."""
-    events = [p for p in new if receipt_offers.offer_key(p) is not None]
-    if not events:
+async def _replays(conn: asyncpg.Connection, postbacks: list[Postback]) -> set[int]:
+    """The postbacks (by id) whose signature was seen with other values of the signed fields:
+    before this batch, or earlier in it."""
+    signed = [p for p in postbacks if p.signed is not None]
+    if not signed:
+        return set()
+    names = sorted({(p.provider, p.signed.signature) for p in signed if p.signed is not None})
+    rows = await conn.fetch(_SIGNATURES, [n[0] for n in names], [n[1] for n in names])
+    # Everything is committed or inserted by this transaction by now, so each signature has
+    # exactly one row: the values it vouched for the first time it was seen.
+    values = {(r["provider"], bytes(r["signature"])): bytes(r["signed"]) for r in rows}
+    return {
+        id(p)
+        for p in signed
+        if p.signed is not None and values[(p.provider, p.signed.signature)] != p.signed.values
+    }
+
+
+async def _settlements(conn: asyncpg.Connection, postbacks: list[Postback]) -> settlement.Links:
+    names = sorted({n for p in postbacks if (n := settlement.link(p)) is not None})
+    if not names:
         return {}
-    offers = sorted({k for p in events if (k := receipt_offers.offer_key(p)) is not None})
-    rows = await conn.fetch(_OFFERS, [k[0] for k in offers], [k[1] for k in offers])
-    states = {
+    rows = await conn.fetch(_SETTLEMENTS, [n[0] for n in names], [n[1] for n in names])
+    return {
+        (r["provider"], r["link"]): settlement.Settlement(
+            credit_key=r["credit_key"],
+            credit_user=r["credit_user"],
+            credited=r["credited"],
+            reversal_key=r["reversal_key"],
+            reversal_user=r["reversal_user"],
+            reversed=r["reversed"],
+        )
+        for r in rows
+    }
+
+
+Offers = dict[tuple[str, str], receipt_offers.ReceiptOffer]
+
+
+async def _offers(conn: asyncpg.Connection, postbacks: list[Postback]) -> Offers:
+    keys = sorted({k for p in postbacks if (k := receipt_offers.offer_key(p)) is not None})
+    if not keys:
+        return {}
+    rows = await conn.fetch(_OFFERS, [k[0] for k in keys], [k[1] for k in keys])
+    return {
         (r["provider"], r["upload_offer_id"]): receipt_offers.ReceiptOffer(
             user_id=r["user_id"],
             upload_id=r["upload_id"],
@@ -267,6 +406,55 @@ async def _apply_receipts(
         )
         for r in rows
     }
+
+
+def _conflicts(
+    candidates: list[tuple[Key, Postback]], links: settlement.Links, offers: Offers
+) -> dict[Key, _Refusal]:
+    """The candidates that cannot be recorded against their wall transaction or receipt offer.
+    Candidates come in key order, the order they will be inserted in, and each one that passes
+    counts for those after it (copies, so the loaded state stays what the log holds)."""
+    links, owners = dict(links), {k: o.user_id for k, o in offers.items()}
+    refused: dict[Key, _Refusal] = {}
+    for key, p in candidates:
+        name = settlement.link(p)
+        if name is not None:
+            current = links.get(name, settlement.Settlement())
+            reason = settlement.conflict(current, p)
+            if reason is not None:
+                refused[key] = _Refusal(Outcome.CONFLICT, reason)
+                continue
+            links[name], _ = settlement.settle(current, p)
+        offer = receipt_offers.offer_key(p)
+        if offer is not None:
+            owner = owners.setdefault(offer, p.user_id)
+            if owner != p.user_id:
+                refused[key] = _Refusal(
+                    Outcome.CONFLICT, "the receipt offer belongs to another user"
+                )
+    return refused
+
+
+def _lock_names(postbacks: list[Postback]) -> list[str]:
+    names = {f"user:{p.user_id}" for p in postbacks}
+    for p in postbacks:
+        offer = receipt_offers.offer_key(p)
+        if offer is not None:
+            names.add(f"offer:{offer[0]}:{offer[1]}")  # provider names hold no ':'
+        name = settlement.link(p)
+        if name is not None:
+            names.add(f"link:{name[0]}:{name[1]}")
+    return sorted(names)
+
+
+async def _apply_receipts(
+    conn: asyncpg.Connection, new: list[Postback], inserted: dict[Key, int], offers: Offers
+) -> dict[Key, Outcome]:
+    """Fold the new receipt status events into their offers; the outcome of each."""
+    events = [p for p in new if receipt_offers.offer_key(p) is not None]
+    if not events:
+        return {}
+    states = dict(offers)
     decided: dict[Key, Outcome] = {}
     last: dict[tuple[str, str], int] = {}
     for p in events:
@@ -293,11 +481,36 @@ async def _apply_receipts(
     return decided
 
 
+_Settled = dict[tuple[str, str], tuple[settlement.Settlement, int]]
+
+
+def _settle(
+    new: list[Postback], inserted: dict[Key, int], links: settlement.Links
+) -> tuple[dict[Key, settlement.Movement], _Settled]:
+    """What each new event moves, and the settlements it changed (with their last position)."""
+    states = dict(links)
+    moved: dict[Key, settlement.Movement] = {}
+    settled: _Settled = {}
+    for p in new:
+        key = (p.provider, p.key)
+        moved[key] = settlement.move(states, p)
+        name = settlement.link(p)
+        if name is not None:
+            settled[name] = (states[name], inserted[key])
+    return moved, settled
+
+
+def _refused(sub: Submission, refusal: _Refusal) -> Receipt:
+    answer = sub.answer(refusal.outcome, refusal.detail)
+    return Receipt(refusal.outcome, refusal.detail, answer, None, refusal.auth_reason)
+
+
 def _judge(
     sub: Submission,
     inserted: dict[Key, int],
     stored: dict[Key, _Stored],
     decided: dict[Key, Outcome],
+    moved: dict[Key, settlement.Movement],
     fresh: set[Key],
 ) -> Receipt:
     p = sub.postback
@@ -307,10 +520,14 @@ def _judge(
             answer = Answer(sub.refusal_status, sub.refusal_detail)
         return Receipt(sub.refusal, sub.refusal_detail, answer, None)
     key = (p.provider, p.key)
-    s = stored[key]
+    s = stored.get(key)
+    if s is None:  # a copy of a candidate refused as a conflict: nothing of the key is stored
+        outcome = Outcome.CONFLICT
+        detail = "refused with an earlier copy in the same batch"
+        return Receipt(outcome, detail, sub.answer(outcome, detail), None)
     if key in inserted and key not in fresh:
         fresh.add(key)
-        outcome = decided.get(key) or wallet.outcome(p)
+        outcome = decided.get(key) or wallet.outcome(moved[key])
         detail = f"recorded as event {s.position}"
         if outcome is Outcome.IGNORED:
             detail += ": the receipt offer is already APPROVED"
@@ -335,13 +552,32 @@ def _event_columns(postbacks: list[Postback]) -> list[list[Any]]:
     ]
 
 
-def _wallet_columns(new: list[Postback], inserted: dict[Key, int]) -> list[list[Any]]:
-    # The wallet fold is a sum, so folding a batch's events from zero gives the change to add.
+def _settlement_columns(settled: _Settled) -> list[list[Any]]:
+    names = sorted(settled)
+    rows = [settled[n] for n in names]
+    return [
+        [n[0] for n in names],
+        [n[1] for n in names],
+        [s.credit_key for s, _ in rows],
+        [s.credit_user for s, _ in rows],
+        [s.credited for s, _ in rows],
+        [s.reversal_key for s, _ in rows],
+        [s.reversal_user for s, _ in rows],
+        [s.reversed for s, _ in rows],
+        [position for _, position in rows],
+    ]
+
+
+def _wallet_columns(
+    new: list[Postback], inserted: dict[Key, int], moved: dict[Key, settlement.Movement]
+) -> list[list[Any]]:
+    # The wallet fold is a sum, so folding a batch's movements from zero gives the change to add.
     deltas: dict[str, wallet.Wallet] = {}
     last: dict[str, int] = {}
     for p in new:
-        deltas[p.user_id] = wallet.apply(deltas.get(p.user_id, wallet.Wallet()), p)
-        last[p.user_id] = max(last.get(p.user_id, 0), inserted[(p.provider, p.key)])
+        key = (p.provider, p.key)
+        deltas[p.user_id] = wallet.apply(deltas.get(p.user_id, wallet.Wallet()), moved[key])
+        last[p.user_id] = max(last.get(p.user_id, 0), inserted[key])
     users = sorted(deltas)
     return [
         users,

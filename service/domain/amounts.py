@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact
 
 # Plain decimal notation only: no sign, exponent, NaN or Infinity. Fifteen integer digits keep
 # every amount below 10^15 (CONTRACT 3); the fraction is bounded so that no input can make the
 # database work on a number of absurd size. Leading zeros are harmless and allowed.
 _AMOUNT = re.compile(r"0*([0-9]{1,15})(?:\.([0-9]{1,20}))?")
+
+
+ZERO = Decimal(0)
+# Amounts carry up to 35 significant digits and sums grow from there; the default context
+# (28 digits) would round them. This one is wide enough for any ledger and traps rounding.
+EXACT = Context(prec=200, traps=[Inexact])
 
 
 class AmountError(ValueError):

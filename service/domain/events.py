@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -37,6 +38,23 @@ NEW_EVENT = frozenset(
 )
 
 
+class Signed(msgspec.Struct, frozen=True):
+    """What a wall's signature vouched for, kept so that one signature authenticates one
+    postback. Walls sign a plain concatenation of some fields, so characters moved across a
+    field boundary keep the signature valid; the write path refuses a signature already seen
+    with other values. Digests only: the signature itself is never stored."""
+
+    signature: bytes  # sha256 of the signature as the wall sent it, in lowercase
+    values: bytes  # sha256 of the signed fields' values, as a JSON array
+
+    @classmethod
+    def of(cls, signature: str, *values: str) -> Signed:
+        return cls(
+            hashlib.sha256(signature.lower().encode("utf-8", "replace")).digest(),
+            hashlib.sha256(msgspec.json.encode(values)).digest(),
+        )
+
+
 class Postback(msgspec.Struct, frozen=True, kw_only=True):
     """A postback normalised by its provider module: everything the write path needs."""
 
@@ -50,6 +68,7 @@ class Postback(msgspec.Struct, frozen=True, kw_only=True):
     provider_ref: str
     test: bool = False
     data: dict[str, Any] = {}
+    signed: Signed | None = None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):

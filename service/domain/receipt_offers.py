@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import msgspec
 
+from .amounts import EXACT, ZERO
 from .events import EventType, Outcome
-from .wallet import EXACT, ZERO
 
 MANUAL_REVIEW = "MANUAL_REVIEW"
 AWARD_PENDING = "AWARD_PENDING"

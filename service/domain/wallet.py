@@ -1,32 +1,21 @@
-"""The wallet projection as a pure fold over events."""
+"""The wallet projection as a pure fold over events.
+
+What each event moves is decided in `settlement.py` (credits and reversals pair per wall
+transaction); this module adds those movements up. The SQL projection, `verify`, `rebuild` and
+the property tests all agree with `fold`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from decimal import Context, Decimal, Inexact
-from typing import Any, Protocol
+from decimal import Decimal
 
 import msgspec
 
-from .events import EventType, Outcome
-
-ZERO = Decimal(0)
-# Amounts carry up to 35 significant digits and sums grow from there; the default context
-# (28 digits) would round them. This one is wide enough for any ledger and traps rounding.
-EXACT = Context(prec=200, traps=[Inexact])
-
-
-class Movement(Protocol):
-    """The fields of an event (or a normalised postback) that decide its effect on a wallet."""
-
-    @property
-    def type(self) -> EventType: ...
-    @property
-    def amount(self) -> Decimal: ...
-    @property
-    def test(self) -> bool: ...
-    @property
-    def data(self) -> dict[str, Any]: ...
+from . import settlement
+from .amounts import EXACT, ZERO
+from .events import Outcome
+from .settlement import LinkedEvent, Movement
 
 
 class Wallet(msgspec.Struct, frozen=True):
@@ -36,41 +25,33 @@ class Wallet(msgspec.Struct, frozen=True):
     event_count: int = 0
 
 
-def effect(event: Movement) -> Decimal:
-    """The signed change an event makes to its user's balance."""
-    if event.test:
-        return ZERO
-    if event.type is EventType.CREDITED:
-        return event.amount
-    if event.type is EventType.REVERSED:
-        return EXACT.minus(event.amount)
-    # A receipt offer's approval credits its points; its other statuses move nothing. This
-    # depends on the event alone, never on the offer's state, so the fold stays order-free.
-    if event.type is EventType.RECEIPT_STATUS_CHANGED and event.data.get("status") == "APPROVED":
-        return event.amount
-    return ZERO
-
-
-def apply(wallet: Wallet, event: Movement) -> Wallet:
-    delta = effect(event)
+def apply(wallet: Wallet, movement: Movement) -> Wallet:
+    """The wallet after one more event that moves it by `movement`."""
     return Wallet(
-        balance=EXACT.add(wallet.balance, delta),
-        total_credited=EXACT.add(wallet.total_credited, max(delta, ZERO)),
-        total_reversed=EXACT.subtract(wallet.total_reversed, min(delta, ZERO)),
+        balance=EXACT.add(wallet.balance, EXACT.subtract(movement.credited, movement.reversed)),
+        total_credited=EXACT.add(wallet.total_credited, movement.credited),
+        total_reversed=EXACT.add(wallet.total_reversed, movement.reversed),
         event_count=wallet.event_count + 1,
     )
 
 
-def fold(events: Iterable[Movement], wallet: Wallet | None = None) -> Wallet:
-    state = wallet or Wallet()
+def fold(events: Iterable[LinkedEvent]) -> Wallet:
+    """One user's wallet from that user's events, in any order."""
+    state = Wallet()
+    links: dict[tuple[str, str], settlement.Settlement] = {}
     for event in events:
-        state = apply(state, event)
+        state = apply(state, settlement.move(links, event))
     return state
 
 
-def outcome(event: Movement) -> Outcome:
-    """The outcome of recording `event` for the first time."""
-    delta = effect(event)
+def alone(event: LinkedEvent) -> Movement:
+    """What `event` moves as the first event of its wall transaction."""
+    return settlement.move({}, event)
+
+
+def outcome(movement: Movement) -> Outcome:
+    """The outcome of recording an event that moves a wallet by `movement`."""
+    delta = EXACT.subtract(movement.credited, movement.reversed)
     if delta > 0:
         return Outcome.CREDITED
     if delta < 0:

@@ -27,7 +27,9 @@ from ..text import one_line
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-AuthReason = Literal["signature", "token", "source_ip"]
+# Why authentication failed: the signature did not match, the URL token did not, the source
+# address is not allowed, or the signature was already used with other values ("replay").
+AuthReason = Literal["signature", "token", "source_ip", "replay"]
 
 MAX_ID_LENGTH = 255
 MAX_TEXT_LENGTH = 2000

@@ -13,7 +13,7 @@ from decimal import Decimal
 import msgspec
 
 from ..domain.amounts import AmountError, check_amount, format_amount, parse_amount
-from ..domain.events import EventType, Outcome, Postback
+from ..domain.events import EventType, Outcome, Postback, Signed
 from ..settings import Provider
 from .base import (
     Answer,
@@ -54,7 +54,7 @@ def normalise(provider: Provider, inbound: Inbound) -> Postback:
         callback = _decode(inbound.body)
     except msgspec.ValidationError as exc:
         raise Invalid(f"callback: {exc}") from None
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         raise Invalid("body is not a JSON object") from None
     panelist = checked("PanelistId", callback.PanelistId, limit=255)
     reward_id = checked("RewardId", callback.RewardId, limit=255)
@@ -80,6 +80,9 @@ def normalise(provider: Provider, inbound: Inbound) -> Postback:
         provider_ref=reward_id,
         test=callback.IsTest,
         data=data,
+        # The Sig covers neither Reward nor RewardType: a replay cannot change the signed pair,
+        # and a reversal made from a captured credit takes back at most that credit.
+        signed=Signed.of(callback.Sig, panelist, reward_id),
     )
 
 

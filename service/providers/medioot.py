@@ -2,13 +2,15 @@
 
 GET (or POST) with `subid`, `transid`, `reward`, `status`, `signature` = md5(subid + transid +
 reward + secret) over the strings exactly as received. `status` 1 credits, 2 reverses. The
-signature does not cover `status`: configure `allowed_ips` to stop a replay with it flipped.
+signature covers neither `status` nor `uuid`, and its fields have no separators: a signature
+already seen with other field values is refused by the write path, a reversal takes back at most
+its credit, and `allowed_ips` is what stops a captured URL being replayed with `status` flipped.
 """
 
 from __future__ import annotations
 
 from ..domain.amounts import AmountError, parse_amount
-from ..domain.events import EventType, Outcome, Postback
+from ..domain.events import EventType, Outcome, Postback, Signed
 from ..settings import Provider
 from .base import (
     Answer,
@@ -54,6 +56,7 @@ def normalise(provider: Provider, inbound: Inbound) -> Postback:
         provider_ref=transid,
         # `uuid` is the click: a reversal sent under a new transid links to its credit by it.
         data={name: bounded(found, name, 2000) for name in _EXTRA if found.get(name)},
+        signed=Signed.of(found["signature"], subid, transid, reward),
     )
 
 

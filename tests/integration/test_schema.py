@@ -98,7 +98,14 @@ async def test_schema_applies_on_an_empty_database(pool: asyncpg.Pool) -> None:
             tables = await conn.fetch(
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'scratch' ORDER BY 1"
             )
-            assert [r[0] for r in tables] == ["events", "postback_log", "receipt_offers", "wallets"]
+            assert [r[0] for r in tables] == [
+                "events",
+                "postback_log",
+                "receipt_offers",
+                "settlements",
+                "signatures",
+                "wallets",
+            ]
         finally:
             await tx.rollback()
 

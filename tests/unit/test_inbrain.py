@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from service.domain import wallet
-from service.domain.events import EventType, Outcome, Postback
+from service.domain.events import EventType, Outcome, Postback, Signed
 from service.providers import inbrain
 from service.providers.base import Inbound, Invalid, Unauthenticated, loggable
 from service.settings import Provider
@@ -120,9 +120,10 @@ def test_seed_example_credits() -> None:
             "offer_title": "The Offer Name",
             "revenue_amount": "1.00",
         },
+        signed=Signed.of(sign(SEED_PANELIST, SEED_REWARD_ID), SEED_PANELIST, SEED_REWARD_ID),
     )
-    assert wallet.outcome(postback) is Outcome.CREDITED
-    assert wallet.effect(postback) == Decimal("100")
+    assert wallet.outcome(wallet.alone(postback)) is Outcome.CREDITED
+    assert wallet.fold([postback]).balance == Decimal("100")
 
 
 def test_seed_example_with_the_seeds_own_sig_is_refused() -> None:
@@ -205,23 +206,35 @@ def test_every_other_reward_type_credits_a_positive_reward(reward_type: str) -> 
     assert postback.key == "credit:R1"
     assert postback.provider_ref == "R1"
     assert postback.data["reward_type"] == reward_type
-    assert wallet.outcome(postback) is Outcome.CREDITED
-    assert wallet.effect(postback) == Decimal("5.5")
+    assert wallet.outcome(wallet.alone(postback)) is Outcome.CREDITED
+    assert wallet.fold([postback]).balance == Decimal("5.5")
 
 
 def test_absent_reward_type_credits() -> None:
     postback = normalise(callback("u", "R1", Raw("5")))
     assert postback.type is EventType.CREDITED
-    assert wallet.effect(postback) == Decimal("5")
+    assert wallet.fold([postback]).balance == Decimal("5")
 
 
-def test_reversal_subtracts() -> None:
+def test_reversal_takes_back_its_credit() -> None:
     postback = normalise(callback("u", "R1", Raw("2.50"), RewardType="offer_completion_reversed"))
     assert postback.type is EventType.REVERSED
     assert postback.key == "reversal:R1"
     assert postback.amount == Decimal("2.50")
-    assert wallet.outcome(postback) is Outcome.REVERSED
-    assert wallet.effect(postback) == Decimal("-2.50")
+    # Alone it waits for its credit; after the credit it takes back as much as that gave.
+    assert wallet.outcome(wallet.alone(postback)) is Outcome.RECORDED
+    credit = normalise(callback("u", "R1", Raw("4"), RewardType="offer_completed"))
+    assert wallet.fold([credit, postback]).balance == Decimal("1.50")
+
+
+def test_the_signature_vouches_for_the_panelist_and_the_reward_id_only() -> None:
+    a = normalise(callback("u", "R1", Raw("1"), RewardType="offer_completed"))
+    b = normalise(callback("u", "R1", Raw("500000"), RewardType="offer_completion_reversed"))
+    assert a.signed == b.signed is not None
+    shifted = normalise(callback("uR", "1", Raw("1")))
+    assert shifted.signed is not None and a.signed is not None
+    assert shifted.signed.signature == a.signed.signature  # md5 over the plain concatenation
+    assert shifted.signed.values != a.signed.values  # which the write path refuses as a replay
 
 
 def test_reversal_reuses_the_reward_id_under_its_own_key() -> None:
@@ -247,14 +260,14 @@ def test_zero_reward_is_recorded_without_moving_a_balance(reward_type: str, rewa
     postback = normalise(callback("u", "R1", reward, RewardType=reward_type))
     assert postback.amount == 0
     assert not postback.amount.is_signed()
-    assert wallet.effect(postback) == 0
-    assert wallet.outcome(postback) is Outcome.RECORDED
+    assert wallet.fold([postback]).balance == 0
+    assert wallet.outcome(wallet.alone(postback)) is Outcome.RECORDED
 
 
 def test_disqualification_with_a_reward_credits_it() -> None:
     postback = normalise(callback("u", "R1", Raw("0.25"), RewardType="survey_disqualified"))
-    assert wallet.outcome(postback) is Outcome.CREDITED
-    assert wallet.effect(postback) == Decimal("0.25")
+    assert wallet.outcome(wallet.alone(postback)) is Outcome.CREDITED
+    assert wallet.fold([postback]).balance == Decimal("0.25")
 
 
 # --- IsTest --------------------------------------------------------------------------------------
@@ -268,22 +281,22 @@ def test_is_test_is_recorded_as_a_test() -> None:
     assert postback.test is True
     assert postback.amount == Decimal("10")
     assert postback.data["session_id"] == "s-1"
-    assert wallet.effect(postback) == 0
-    assert wallet.outcome(postback) is Outcome.RECORDED
+    assert wallet.fold([postback]).balance == 0
+    assert wallet.outcome(wallet.alone(postback)) is Outcome.RECORDED
 
 
 def test_is_test_reversal_moves_nothing() -> None:
     fields = callback("u", "R1", Raw("10"), RewardType="offer_completion_reversed", IsTest=True)
     postback = normalise(fields)
     assert postback.test is True
-    assert wallet.effect(postback) == 0
+    assert wallet.fold([postback]).balance == 0
 
 
 @pytest.mark.parametrize("fields", [{"IsTest": False}, {}])
 def test_not_a_test(fields: dict[str, object]) -> None:
     postback = normalise({**callback("u", "R1", Raw("10")), **fields})
     assert postback.test is False
-    assert wallet.effect(postback) == Decimal("10")
+    assert wallet.fold([postback]).balance == Decimal("10")
 
 
 def test_survey_fields_are_kept() -> None:

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from service.domain.events import EventType, Outcome, Postback
+from service.domain.events import EventType, Outcome, Postback, Signed
 from service.providers import medioot
 from service.providers.base import Inbound, Invalid, Unauthenticated, loggable
 from service.settings import Provider
@@ -65,7 +65,8 @@ def test_credit() -> None:
         "uuid": "click-123",
         "offer_name": "Install & open",
     }
-    postback = normalise(get(signed("user-1", "T100", "10.50", "1", **extra)))
+    params = signed("user-1", "T100", "10.50", "1", **extra)
+    postback = normalise(get(params))
     assert postback == Postback(
         provider="medioot-app",
         key="credit:T100",
@@ -83,8 +84,25 @@ def test_credit() -> None:
             "uuid": "click-123",
             "offer_name": "Install & open",
         },
+        signed=Signed.of(params["signature"], "user-1", "T100", "10.50"),
     )
     assert str(postback.amount) == "10.50"
+
+
+def test_a_boundary_shift_keeps_the_signature_but_not_the_signed_values() -> None:
+    genuine = normalise(get(signed("1001", "58231", "2.50")))
+    sig = signed("1001", "58231", "2.50")["signature"]
+    shifted = {"subid": "1001", "transid": "5", "reward": "82312.50", "status": "1"}
+    moved = normalise(get({**shifted, "signature": sig}))  # md5 has no field separators
+    assert genuine.signed is not None and moved.signed is not None
+    assert moved.signed.signature == genuine.signed.signature
+    assert moved.signed.values != genuine.signed.values
+
+
+def test_an_uppercase_signature_is_the_same_signature() -> None:
+    params = signed("u", "T1", "5")
+    upper = normalise(get({**params, "signature": params["signature"].upper()}))
+    assert upper.signed == normalise(get(params)).signed
 
 
 def test_reversal() -> None:

@@ -216,19 +216,19 @@ def test_points_add_up_exactly() -> None:
 
 
 def test_effect_of_an_approval_is_its_points() -> None:
-    assert wallet.effect(status_event(APPROVED, "12.30")) == Decimal("12.30")
-    assert wallet.outcome(status_event(APPROVED, "12.30")) is Outcome.CREDITED
+    assert wallet.fold([status_event(APPROVED, "12.30")]).balance == Decimal("12.30")
+    assert wallet.outcome(wallet.alone(status_event(APPROVED, "12.30"))) is Outcome.CREDITED
 
 
 @pytest.mark.parametrize("status", NOT_APPROVED)
 def test_effect_of_other_statuses_is_zero_whatever_their_points(status: str) -> None:
-    assert wallet.effect(status_event(status, "40")) == 0
-    assert wallet.outcome(status_event(status, "40")) is Outcome.RECORDED
+    assert wallet.fold([status_event(status, "40")]).balance == 0
+    assert wallet.outcome(wallet.alone(status_event(status, "40"))) is Outcome.RECORDED
 
 
 def test_effect_of_a_test_approval_is_zero() -> None:
     event = msgspec.structs.replace(status_event(APPROVED, "5"), test=True)
-    assert wallet.effect(event) == 0
+    assert wallet.fold([event]).balance == 0
 
 
 # --- the property: any order of distinct events ends the same -----------------------------------
