@@ -101,6 +101,16 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         )
         app[keys.WRITER] = writer
         writer.start()
+        # One batch at a time: refusals never hold more than one of the pool's connections.
+        refusals = Writer(
+            pool,
+            window=w.batch_window_ms / 1000,
+            cap=w.batch_max,
+            inflight=1,
+            max_queue=w.refusal_queue,
+        )
+        app[keys.REFUSALS] = refusals
+        refusals.start()
         app[keys.FEED] = FeedSignal(dsn)
         app[keys.FEED].start()
         probe = asyncio.create_task(_probe(app))
@@ -111,5 +121,6 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await probe
             await writer.close()  # answer every queued postback before the pool goes
+            await refusals.close()
             await app[keys.FEED].stop()
             await pool.close()

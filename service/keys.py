@@ -14,6 +14,8 @@ from .writer import Writer
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 WRITER = web.AppKey("writer", Writer)
+# Refused postbacks' log rows: a writer of their own (see web/postbacks.py).
+REFUSALS = web.AppKey("refusals", Writer)
 WALLS = web.AppKey("walls", Walls)
 API_KEYS = web.AppKey("api_keys", ApiKeys)
 FEED = web.AppKey("feed", FeedSignal)

@@ -39,6 +39,12 @@ POSTBACK_DURATION = Histogram(
     ["provider"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+REFUSALS_UNLOGGED = Counter(
+    "ledger_postback_refusals_unlogged_total",
+    "Refused postbacks answered without a postback-log row because too many refusals were"
+    " waiting to be logged (a flood of forgeries or malformed requests)",
+    ["provider"],
+)
 EVENTS = Counter("ledger_events_total", "Events appended to the ledger, by type", ["type"])
 DATABASE_UP = Gauge(
     "ledger_database_up",
@@ -68,5 +74,6 @@ def initialise(providers: Iterable[str]) -> None:
         for reason in AUTH_REASONS:
             SIGNATURE_FAILURES.labels(provider=provider, reason=reason)
         POSTBACK_DURATION.labels(provider=provider)
+        REFUSALS_UNLOGGED.labels(provider=provider)
     for event_type in EventType:
         EVENTS.labels(type=event_type.value)

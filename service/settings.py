@@ -10,11 +10,13 @@ import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from .domain.amounts import AmountError, parse_amount
 from .text import one_line
 
 SCOPES = ("read",)
@@ -61,6 +63,10 @@ class Writer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     batch_max: int = 100
     max_inflight: int = 0
     max_queue: int = 2000
+    # Refused postbacks (bad signature, malformed...) are logged through a queue of their own,
+    # one batch at a time, so that a flood of them cannot delay an authenticated postback. Past
+    # this many waiting, a refusal is answered without its postback-log row (counted).
+    refusal_queue: int = 1000
 
 
 class Provider(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -69,6 +75,13 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     secret: str = ""
     url_token: str = ""
     allowed_ips: list[str] = []
+    # The largest amount one postback may carry (a string holding an exact decimal, or an
+    # integer); above it the postback is refused, so a captured URL cannot become any sum.
+    max_amount: str | int | None = None
+
+    def amount_limit(self) -> Decimal | None:
+        """`max_amount` as an exact decimal (checked by `_validate`)."""
+        return None if self.max_amount is None else parse_amount(str(self.max_amount))
 
 
 class ApiKey(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -168,9 +181,15 @@ def _validate(settings: Settings) -> None:
     writer = settings.writer
     if not 0 <= writer.batch_window_ms <= 1000:
         raise ConfigError("config: writer.batch_window_ms: must be from 0 to 1000")
-    if writer.batch_max < 1 or writer.max_inflight < 0 or writer.max_queue < 1:
+    if (
+        writer.batch_max < 1
+        or writer.max_inflight < 0
+        or writer.max_queue < 1
+        or writer.refusal_queue < 1
+    ):
         raise ConfigError(
-            "config: writer: batch_max and max_queue must be at least 1, max_inflight at least 0"
+            "config: writer: batch_max, max_queue and refusal_queue must be at least 1,"
+            " max_inflight at least 0"
         )
 
     seen: set[str] = set()
@@ -198,6 +217,11 @@ def _validate(settings: Settings) -> None:
             )
         for j, cidr in enumerate(p.allowed_ips):
             _network(cidr, f"{where}.allowed_ips[{j}]")
+        if p.max_amount is not None:
+            try:
+                p.amount_limit()
+            except AmountError as exc:
+                raise ConfigError(f"config: {where}.max_amount: {exc}") from None
 
     names: set[str] = set()
     for i, k in enumerate(settings.api_keys):

@@ -264,7 +264,8 @@ async def _append(
     conn: asyncpg.Connection, batch: Sequence[Submission]
 ) -> tuple[list[Receipt], list[Postback]]:
     postbacks = [sub.postback for sub in batch if sub.postback is not None]
-    await _lock_and_sign(conn, postbacks)
+    if postbacks:
+        await _lock_and_sign(conn, postbacks)
     replays = await _replays(conn, postbacks)
 
     # The first copy of each key that is not a replay is the candidate; later copies are judged
@@ -505,6 +506,14 @@ def _refused(sub: Submission, refusal: _Refusal) -> Receipt:
     return Receipt(refusal.outcome, refusal.detail, answer, None, refusal.auth_reason)
 
 
+def refusal_receipt(sub: Submission) -> Receipt:
+    """The answer to a postback refused before it reached the write path."""
+    answer = sub.answer(sub.refusal, sub.refusal_detail)
+    if sub.refusal_status != answer.status:
+        answer = Answer(sub.refusal_status, sub.refusal_detail)
+    return Receipt(sub.refusal, sub.refusal_detail, answer, None)
+
+
 def _judge(
     sub: Submission,
     inserted: dict[Key, int],
@@ -515,10 +524,7 @@ def _judge(
 ) -> Receipt:
     p = sub.postback
     if p is None:
-        answer = sub.answer(sub.refusal, sub.refusal_detail)
-        if sub.refusal_status != answer.status:
-            answer = Answer(sub.refusal_status, sub.refusal_detail)
-        return Receipt(sub.refusal, sub.refusal_detail, answer, None)
+        return refusal_receipt(sub)
     key = (p.provider, p.key)
     s = stored.get(key)
     if s is None:  # a copy of a candidate refused as a conflict: nothing of the key is stored

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 from urllib.parse import parse_qsl
 
+import msgspec
+
 from .. import settings
 from ..domain.events import Outcome, Postback
 from ..text import one_line
@@ -312,6 +314,26 @@ def storable_params(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
         if len(kept) == 100:
             break
         kept[_storable(name)[:100]] = _storable(value)[:MAX_TEXT_LENGTH]
+    return kept
+
+
+REFUSAL_PARAMS_BYTES = 3072
+
+
+def compact(params: dict[str, str], budget: int = REFUSAL_PARAMS_BYTES) -> dict[str, str]:
+    """What the postback log keeps of a refused request's parameters: at most `budget` bytes of
+    JSON. A refusal is kept as evidence of what arrived, not whole: whoever sends it chose its
+    size."""
+    kept: dict[str, str] = {}
+    used = 2  # {}
+    for name, value in params.items():
+        name, value = name[:64], value[:256]
+        cost = len(msgspec.json.encode({name: value}))  # an upper bound of its share
+        if used + cost > budget - 40:  # room for the note below
+            kept["(omitted)"] = f"{len(params) - len(kept)} more parameters"
+            break
+        kept[name] = value
+        used += cost
     return kept
 
 

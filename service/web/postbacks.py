@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import structlog
@@ -11,7 +12,8 @@ from aiohttp.web import RequestPayloadError
 
 from .. import keys, metrics
 from ..db import Unavailable
-from ..db.write import LogEntry, Receipt, Submission
+from ..db.write import LogEntry, Receipt, Submission, refusal_receipt
+from ..domain.amounts import format_amount
 from ..domain.events import Outcome
 from ..logs import log
 from ..providers.base import (
@@ -24,9 +26,10 @@ from ..providers.base import (
     Unauthenticated,
     check_source,
     client_address,
+    compact,
     plain,
 )
-from ..writer import Overloaded
+from ..writer import Overloaded, Writer
 from .walls import Wall
 
 
@@ -43,20 +46,18 @@ async def postback(request: web.Request) -> web.Response:
     client_ip = client_address(
         request.remote, request.headers.getall("X-Forwarded-For", []), walls.trusted_proxies
     )
-    submission = await _intake(request, wall, token, client_ip)
     try:
-        receipt = await request.app[keys.WRITER].submit(submission)
-    except Overloaded as exc:
-        # The access line carries the outcome and this detail: no second line per shed request.
-        receipt = Receipt(
-            Outcome.UNAVAILABLE, f"overloaded: {exc}", plain(503, "overloaded, retry later"), None
-        )
-    except Unavailable as exc:
-        receipt = _unrecorded(wall, f"database unavailable: {exc}")
+        submission = await _intake(request, wall, token, client_ip)
     except Exception:
-        # A bug, not the caller's fault: nothing was committed, so the wall must retry.
-        log.exception("postback not recorded: unexpected error")
+        # A bug, not the caller's fault: nothing was recorded, so the wall must retry.
+        log.exception("postback not read: unexpected error")
+        submission = None
+    if submission is None:
         receipt = _unrecorded(wall)
+    elif submission.postback is None:
+        receipt = await _refuse(request.app[keys.REFUSALS], submission)
+    else:
+        receipt = await _record(request.app[keys.WRITER], wall, submission)
 
     name = wall.config.name
     metrics.POSTBACKS.labels(provider=name, outcome=receipt.outcome.value).inc()
@@ -67,7 +68,7 @@ async def postback(request: web.Request) -> web.Response:
         outcome=receipt.outcome.value,
         detail=receipt.detail,
         event_position=receipt.position,
-        client_ip=submission.log.client_ip,
+        client_ip=str(client_ip) if client_ip is not None else None,
     )
     answer = receipt.answer
     response = web.Response(
@@ -76,6 +77,35 @@ async def postback(request: web.Request) -> web.Response:
     if answer.status == 503:
         response.headers["Retry-After"] = "1"  # walls that honour it retry soon; others anyway
     return response
+
+
+async def _record(writer: Writer, wall: Wall, submission: Submission) -> Receipt:
+    try:
+        return await writer.submit(submission)
+    except Overloaded as exc:
+        # The access line carries the outcome and this detail: no second line per shed request.
+        return Receipt(
+            Outcome.UNAVAILABLE, f"overloaded: {exc}", plain(503, "overloaded, retry later"), None
+        )
+    except Unavailable as exc:
+        return _unrecorded(wall, f"database unavailable: {exc}")
+    except Exception:
+        # A bug, not the caller's fault: nothing was committed, so the wall must retry.
+        log.exception("postback not recorded: unexpected error")
+        return _unrecorded(wall)
+
+
+async def _refuse(refusals: Writer, submission: Submission) -> Receipt:
+    """Log a refusal through the refusals' own queue; answer it even when that cannot be done.
+    A refusal moves no money, so its answer does not depend on its log row: a flood of them is
+    answered at once and never waits in the queue of authenticated postbacks."""
+    try:
+        return await refusals.submit(submission)
+    except Exception as exc:  # full, or the database is away: the refusal stands all the same
+        if not isinstance(exc, Overloaded | Unavailable):
+            log.exception("refusal not logged: unexpected error")
+        metrics.REFUSALS_UNLOGGED.labels(provider=submission.log.provider).inc()
+        return refusal_receipt(submission)
 
 
 async def _intake(
@@ -114,9 +144,16 @@ async def _intake(
             raise refusal
         check_source(wall.allowed, inbound.client_ip, wall.config.url_token, token)
         normalised = protocol.normalise(wall.config, inbound)
+        if wall.max_amount is not None and normalised.amount > wall.max_amount:
+            raise Invalid(
+                f"amount {format_amount(normalised.amount)} is above this wall's max_amount"
+                f" {format_amount(wall.max_amount)}"
+            )
     except Refused as exc:
         if isinstance(exc, Unauthenticated):
             metrics.SIGNATURE_FAILURES.labels(provider=wall.config.name, reason=exc.reason).inc()
+        # Whoever sent a refused request chose its size: keep a bounded part of it.
+        entry = dataclasses.replace(entry, params=compact(entry.params))
         return Submission(
             entry,
             protocol.answer,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 from ..providers.base import Network, WallProtocol
 from ..providers.registry import PROTOCOLS
@@ -14,6 +15,7 @@ class Wall:
     config: Provider
     protocol: WallProtocol
     allowed: tuple[Network, ...]
+    max_amount: Decimal | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +27,7 @@ class Walls:
     def from_settings(cls, settings: Settings) -> Walls:
         return cls(
             by_name={
-                p.name: Wall(p, PROTOCOLS[p.protocol], networks(p.allowed_ips))
+                p.name: Wall(p, PROTOCOLS[p.protocol], networks(p.allowed_ips), p.amount_limit())
                 for p in settings.providers
             },
             trusted_proxies=networks(settings.server.trusted_proxies),
