@@ -264,9 +264,7 @@ async def _append(
     conn: asyncpg.Connection, batch: Sequence[Submission]
 ) -> tuple[list[Receipt], list[Postback]]:
     postbacks = [sub.postback for sub in batch if sub.postback is not None]
-    if postbacks:
-        await _lock_and_sign(conn, postbacks)
-    replays = await _replays(conn, postbacks)
+    replays = await _replays(conn, postbacks, await _lock_and_sign(conn, postbacks))
 
     # The first copy of each key that is not a replay is the candidate; later copies are judged
     # against whatever the log holds for that key, exactly as a copy in a later batch would be.
@@ -334,34 +332,46 @@ async def _append(
     return results, new
 
 
-async def _lock_and_sign(conn: asyncpg.Connection, postbacks: list[Postback]) -> None:
-    """Take the batch's locks; record the signatures first seen here (see _LOCK_AND_SIGN)."""
-    first: dict[tuple[str, bytes], bytes] = {}
+Signatures = dict[tuple[str, bytes], bytes]  # (provider, signature digest) -> values digest
+
+
+async def _lock_and_sign(conn: asyncpg.Connection, postbacks: list[Postback]) -> Signatures:
+    """Take the batch's locks; record the signatures first seen here (see _LOCK_AND_SIGN) and
+    return them with the values they vouch for."""
+    if not postbacks:
+        return {}
+    first: Signatures = {}
     for p in postbacks:
         if p.signed is not None:
             first.setdefault((p.provider, p.signed.signature), p.signed.values)
     # Sorted, so that two batches inserting the same signatures wait on them in one order.
     rows = sorted(first.items())
-    await conn.fetch(
+    recorded = await conn.fetch(
         _LOCK_AND_SIGN,
         _lock_names(postbacks),
         [k[0] for k, _ in rows],
         [k[1] for k, _ in rows],
         [v for _, v in rows],
     )
+    new = {(r["provider"], bytes(r["signature"])) for r in recorded if r["provider"] is not None}
+    return {k: v for k, v in first.items() if k in new}
 
 
-async def _replays(conn: asyncpg.Connection, postbacks: list[Postback]) -> set[int]:
+async def _replays(
+    conn: asyncpg.Connection, postbacks: list[Postback], recorded: Signatures
+) -> set[int]:
     """The postbacks (by id) whose signature was seen with other values of the signed fields:
-    before this batch, or earlier in it."""
+    before this batch, or earlier in it. `recorded` holds the signatures this batch saw first."""
     signed = [p for p in postbacks if p.signed is not None]
-    if not signed:
-        return set()
-    names = sorted({(p.provider, p.signed.signature) for p in signed if p.signed is not None})
-    rows = await conn.fetch(_SIGNATURES, [n[0] for n in names], [n[1] for n in names])
-    # Everything is committed or inserted by this transaction by now, so each signature has
-    # exactly one row: the values it vouched for the first time it was seen.
-    values = {(r["provider"], bytes(r["signature"])): bytes(r["signed"]) for r in rows}
+    values = dict(recorded)
+    seen = sorted(
+        {k for p in signed if p.signed and (k := (p.provider, p.signed.signature)) not in values}
+    )
+    if seen:
+        # The locks and the unique key leave each signature exactly one committed row by now:
+        # the values it vouched for the first time it was seen.
+        rows = await conn.fetch(_SIGNATURES, [k[0] for k in seen], [k[1] for k in seen])
+        values.update({(r["provider"], bytes(r["signature"])): bytes(r["signed"]) for r in rows})
     return {
         id(p)
         for p in signed
