@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import psutil
 
-from service.db.connection import connect, migrate
+from service.db.connection import apply_schema, connect, migrate
 from service.embedded import EmbeddedPostgres
 from service.verify import verify
 
@@ -123,35 +123,40 @@ async def checkpoint(dsn: str) -> None:
 # --- bulk loads ----------------------------------------------------------------------------------
 
 # Medioot-shaped events over `users` users: random 20-hex transids (so the unique index grows
-# at random places, as with real walls), amounts with two decimals, one reversal in twenty.
-# Server-side, from generate_series: nothing crosses the wire. Transids are md5 of a per-load
-# token and the row number, so unique without ON CONFLICT (which needs the unique index).
+# at random places, as with real walls), amounts with two decimals, one reversal in twenty, each
+# reversing the credit just before it (same transid, so the same user: the user is a hash of the
+# transid). Server-side, from generate_series: nothing crosses the wire. Transids are md5 of a
+# per-load token and the row number, so unique without ON CONFLICT (which needs the unique index).
 _LOAD = """
 INSERT INTO events (provider, key, type, user_id, amount, provider_ref, test, data{columns})
 SELECT 'medioot', CASE WHEN rev THEN 'reversal:' ELSE 'credit:' END || tid,
        CASE WHEN rev THEN 'reversed' ELSE 'credited' END,
-       'user-' || u, cents * 0.01, tid, false, '{{}}'::jsonb{values}
-FROM (SELECT left(md5($3 || '-' || i), 20) AS tid, (random() * ($4 - 1))::int AS u,
+       'user-' || (abs(hashtext(tid)) % $4), cents * 0.01, tid, false, '{{}}'::jsonb{values}
+FROM (SELECT left(md5($3 || '-' || CASE WHEN i % 20 = 0 THEN i - 1 ELSE i END), 20) AS tid,
              (random() * 99999)::int + 1 AS cents, i % 20 = 0 AS rev
       FROM generate_series($1::bigint, $2::bigint) AS i) AS g
 """
 # Without the chain trigger: placeholder hashes of the real size (32 bytes each).
 _PLACEHOLDER_HASHES = {
     "columns": ", prev_hash, hash",
-    "values": ", sha256(convert_to('p' || tid, 'UTF8')), sha256(convert_to(tid, 'UTF8'))",
+    "values": ", sha256(convert_to('p' || key, 'UTF8')), sha256(convert_to(key, 'UTF8'))",
 }
 
-# The projection of whatever the log holds: what the write path would have left in wallets.
+# The projections of whatever the log holds: what the write path would have left. The
+# settlements come from schema.sql itself (it pairs the credits and reversals of a log that has
+# none yet); each wallet then adds up its credits and what their reversals took back.
 _WALLETS = """
 INSERT INTO wallets (user_id, balance, total_credited, total_reversed, event_count,
                      last_position, updated_at)
-SELECT user_id,
-       sum(CASE WHEN test THEN 0 WHEN type = 'reversed' THEN -amount
-                WHEN type = 'credited' THEN amount ELSE 0 END),
-       sum(CASE WHEN NOT test AND type = 'credited' THEN amount ELSE 0 END),
-       sum(CASE WHEN NOT test AND type = 'reversed' THEN amount ELSE 0 END),
-       count(*), max(position), now()
-FROM events GROUP BY user_id
+SELECT e.user_id, coalesce(s.credited, 0) - coalesce(s.taken, 0), coalesce(s.credited, 0),
+       coalesce(s.taken, 0), e.n, e.last, now()
+FROM (SELECT user_id, count(*) AS n, max(position) AS last FROM events GROUP BY user_id) AS e
+LEFT JOIN (
+    SELECT credit_user AS user_id, sum(credited) AS credited,
+           sum(CASE WHEN reversal_key IS NOT NULL AND reversal_user = credit_user
+                    THEN least(reversed, credited) ELSE 0 END) AS taken
+    FROM settlements WHERE credit_key IS NOT NULL GROUP BY credit_user
+) AS s USING (user_id)
 """
 
 # Every index of events but the primary key, whether it backs a constraint or not.
@@ -212,6 +217,7 @@ async def load_events(
                 )
             else:
                 await conn.execute(index["definition"])
+        await apply_schema(conn)  # pairs the loaded credits and reversals into settlements
         await conn.execute(_WALLETS)
         await conn.execute("VACUUM ANALYZE events")
         await conn.execute("VACUUM ANALYZE wallets")

@@ -1,7 +1,8 @@
 -- pgbench script: the write path's SQL for one new Medioot credit (service/db/write.py, a batch
 -- of one), one transaction each. The same statements against the same tables, so the same
--- triggers (the hash chain) and indexes: the user's advisory lock, the event insert with
--- ON CONFLICT ... RETURNING, the wallet upsert and the postback log row.
+-- triggers (the hash chain) and indexes: the user's and the transaction's advisory locks with
+-- the signature digest, the transaction's settlement looked up, the event insert with
+-- ON CONFLICT ... RETURNING, then the settlement, the wallet and the postback log row.
 -- Not the feed's pg_notify: a transaction that notifies holds a database-wide lock from its
 -- pre-commit until its commit is flushed, so notifying transactions commit one at a time (no
 -- group commit). That is the service's cost to amortise by batching, not the database's
@@ -15,7 +16,26 @@
 \set cents random(1, 99999)
 \set r random(0, 1099511627775)
 BEGIN;
-SELECT pg_advisory_xact_lock(hashtextextended('user:' || 'user-' || :uid::text, 0));
+WITH locked AS (
+    SELECT count(pg_advisory_xact_lock(h)) AS n
+    FROM (SELECT DISTINCT hashtextextended(n, 0) AS h
+          FROM unnest(ARRAY[
+              'link' || ':' || 'medioot' || ':' || (lpad(to_hex(:r::bigint), 10, '0')
+                  || :run::text || :client_id::text || 'n' || :n::text),
+              'user:' || 'user-' || :uid::text]) AS n
+          ORDER BY h) AS l
+), signed AS (
+    INSERT INTO signatures (provider, signature, signed)
+    SELECT 'medioot', sha256(convert_to('sig' || (lpad(to_hex(:r::bigint), 10, '0') || :run::text || :client_id::text || 'n' || :n::text), 'UTF8')),
+           sha256(convert_to('values' || (lpad(to_hex(:r::bigint), 10, '0') || :run::text || :client_id::text || 'n' || :n::text), 'UTF8'))
+    WHERE (SELECT n FROM locked) >= 0
+    ON CONFLICT (provider, signature) DO NOTHING
+    RETURNING provider, signature
+)
+SELECT provider, signature FROM signed
+UNION ALL SELECT NULL, NULL FROM locked;
+SELECT provider, link, credit_key, credit_user, credited, reversal_key, reversal_user, reversed
+FROM settlements WHERE provider = 'medioot' AND link = (lpad(to_hex(:r::bigint), 10, '0') || :run::text || :client_id::text || 'n' || :n::text);
 INSERT INTO events (provider, key, type, user_id, amount, provider_ref, test, data)
 VALUES ('medioot',
         'credit:' || lpad(to_hex(:r::bigint), 10, '0') || :run::text || :client_id::text
@@ -25,6 +45,16 @@ VALUES ('medioot',
         false, '{}'::jsonb)
 ON CONFLICT (provider, key) DO NOTHING
 RETURNING position \gset
+INSERT INTO settlements (provider, link, credit_key, credit_user, credited, reversal_key,
+                         reversal_user, reversed, last_position, updated_at)
+VALUES ('medioot', (lpad(to_hex(:r::bigint), 10, '0') || :run::text || :client_id::text || 'n' || :n::text), 'credit:' || (lpad(to_hex(:r::bigint), 10, '0') || :run::text || :client_id::text || 'n' || :n::text), 'user-' || :uid::text,
+        :cents::numeric * 0.01, NULL, '', 0, :position::bigint, now())
+ON CONFLICT (provider, link) DO UPDATE SET
+    credit_key = EXCLUDED.credit_key,
+    credit_user = EXCLUDED.credit_user,
+    credited = EXCLUDED.credited,
+    last_position = EXCLUDED.last_position,
+    updated_at = now();
 INSERT INTO wallets AS w (user_id, balance, total_credited, total_reversed, event_count,
                           last_position, updated_at)
 VALUES ('user-' || :uid::text, :cents::numeric * 0.01, :cents::numeric * 0.01, 0, 1,
