@@ -76,6 +76,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.WALLS] = Walls.from_settings(settings)
     app[keys.API_KEYS] = ApiKeys(settings.api_keys)
     metrics.initialise(p.name for p in settings.providers)
+    app[keys.EXPOSITION] = metrics.SharedExposition(settings.server.metrics_max_age)
     app.cleanup_ctx.append(_database)
     add_routes(app)
     return app
