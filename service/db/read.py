@@ -123,8 +123,11 @@ async def snapshot_wallets(conn: asyncpg.Connection) -> dict[str, Any]:
 
 
 async def receipt_offer(
-    pool: asyncpg.Pool, provider: str, upload_offer_id: str
+    pool: asyncpg.Pool, provider: str, upload_offer_id: str, after: int, limit: int
 ) -> tuple[asyncpg.Record | None, list[Event]]:
+    """The offer's row and up to `limit` of its events after position `after`, oldest first,
+    from one snapshot. Gap-free like a wallet's events: the write path hands out an offer's
+    positions while holding that offer's lock."""
     with translated():
         async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             row: asyncpg.Record | None = await conn.fetchrow(
@@ -137,9 +140,11 @@ async def receipt_offer(
             rows = await conn.fetch(
                 f"SELECT {_EVENT_COLUMNS} FROM events WHERE provider = $1"
                 " AND data->>'upload_offer_id' = $2 AND type = 'receipt_status_changed'"
-                " ORDER BY position LIMIT 1000",
+                " AND position > $3 ORDER BY position LIMIT $4",
                 provider,
                 upload_offer_id,
+                after,
+                limit,
             )
     return row, [_event(r) for r in rows]
 

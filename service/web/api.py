@@ -75,6 +75,7 @@ class ReceiptOfferBody(msgspec.Struct):
     event_count: int
     updated_at: dt.datetime
     events: list[EventBody]
+    next: str | None
 
 
 class PostbackBody(msgspec.Struct):
@@ -217,13 +218,20 @@ async def get_wallet_events(request: web.Request) -> web.Response:
 
 @requires("read")
 async def get_receipt_offer(request: web.Request) -> web.Response:
+    after = decode_cursor(request.query["after"]) if request.query.get("after") else 0
+    limit = _limit(request)
     provider = _text(request.match_info["provider"], "provider")
     offer = _text(request.match_info["upload_offer_id"], "upload_offer_id")
-    row, events = await read.receipt_offer(request.app[keys.POOL], provider, offer)
+    # One more than asked: whether a next page exists, so that `next` is null on the last.
+    row, events = await read.receipt_offer(
+        request.app[keys.POOL], provider, offer, after, limit + 1
+    )
     if row is None:
         raise ApiError(
             404, "receipt_offer_not_found", f"no receipt offer {offer!r} of {provider!r}"
         )
+    page = events[:limit]
+    next_cursor = encode_cursor(page[-1].position) if len(events) > limit else None
     return _json(
         ReceiptOfferBody(
             provider=row["provider"],
@@ -236,7 +244,8 @@ async def get_receipt_offer(request: web.Request) -> web.Response:
             approvals=row["approvals"],
             event_count=row["event_count"],
             updated_at=row["updated_at"],
-            events=[event_body(e) for e in events],
+            events=[event_body(e) for e in page],
+            next=next_cursor,
         )
     )
 
@@ -290,6 +299,12 @@ _LIMIT = Param(
     {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
 )
 _USER = Param("user_id", "path", "the user's id as the walls send it")
+_AFTER = Param(
+    "after",
+    "query",
+    _CURSOR_PARAM + ", or an event position",
+    {"type": "string", "pattern": "^([A-Za-z0-9_-]{1,64}|[0-9]{1,19})$"},
+)
 
 OPERATIONS = (
     Operation("/v1/wallets/{user_id}", get_wallet, "A user's wallet", WalletBody, (_USER,)),
@@ -298,16 +313,7 @@ OPERATIONS = (
         get_wallet_events,
         "A wallet's events, oldest first; gap-free by position",
         EventsPage,
-        (
-            _USER,
-            Param(
-                "after",
-                "query",
-                _CURSOR_PARAM + ", or an event position",
-                {"type": "string", "pattern": "^([A-Za-z0-9_-]{1,64}|[0-9]{1,19})$"},
-            ),
-            _LIMIT,
-        ),
+        (_USER, _AFTER, _LIMIT),
     ),
     Operation(
         "/v1/events",
@@ -328,11 +334,13 @@ OPERATIONS = (
     Operation(
         "/v1/receipt-offers/{provider}/{upload_offer_id}",
         get_receipt_offer,
-        "A receipt offer's state and history",
+        "A receipt offer's state and one page of its history, oldest first; gap-free by position",
         ReceiptOfferBody,
         (
             Param("provider", "path", "the provider name"),
             Param("upload_offer_id", "path", "AdGate's shm_upload_offer_id"),
+            _AFTER,
+            _LIMIT,
         ),
     ),
     Operation(
