@@ -97,7 +97,9 @@ class PostbacksPage(msgspec.Struct):
     next: str | None
 
 
-_encode = msgspec.json.Encoder().encode
+# Amounts are formatted strings; a Decimal here is a number inside an event's data (a receipt's
+# JSON), kept a JSON number with its exact digits.
+_encode = msgspec.json.Encoder(decimal_format="number").encode
 
 
 def _json(body: msgspec.Struct) -> web.Response:
