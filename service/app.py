@@ -112,7 +112,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         )
         app[keys.WRITER] = writer
         writer.start()
-        app[keys.FEED] = FeedSignal(dsn)
+        app[keys.FEED] = FeedSignal(dsn, pool)
         app[keys.FEED].start()
         probe = asyncio.create_task(_probe(app))
         try:

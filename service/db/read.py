@@ -70,6 +70,22 @@ LIMIT $3
 """
 
 
+_FEED_HEAD = """
+SELECT txid, position FROM events
+WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY txid DESC, position DESC
+LIMIT 1
+"""
+
+
+async def feed_head(pool: asyncpg.Pool) -> tuple[int, int] | None:
+    """The (txid, position) of the last event the feed may serve now; None while it has none.
+    One backward step on the feed's index: what wakes long-polling readers."""
+    with translated():
+        row = await pool.fetchrow(_FEED_HEAD)
+    return None if row is None else (int(row["txid"]), row["position"])
+
+
 async def feed(pool: asyncpg.Pool, after: tuple[int, int], limit: int) -> list[tuple[Event, int]]:
     """Up to `limit` events after the (txid, position) cursor, each with its txid."""
     with translated():

@@ -275,16 +275,23 @@ async def get_events(request: web.Request) -> web.Response:
     limit, wait = _limit(request), _wait(request)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    while True:
-        page = await read.feed(request.app[keys.POOL], after, limit)
-        remaining = deadline - loop.time()
-        if page or remaining <= 0:
+    pool, feed = request.app[keys.POOL], request.app[keys.FEED]
+    page = await read.feed(pool, after, limit)
+    # Query again only when the feed's watcher says something is servable after the cursor;
+    # stop waiting once the client has disconnected.
+    while not page and (remaining := deadline - loop.time()) > 0:
+        if not await feed.wait(after, remaining, gone=lambda: _client_gone(request)):
             break
-        await request.app[keys.FEED].wait(remaining)
+        page = await read.feed(pool, after, limit)
     if page:
         last, txid = page[-1]
         after = (txid, last.position)
     return _json(FeedPage(events=[event_body(e) for e, _ in page], next=encode_feed_cursor(*after)))
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 @requires("read")
