@@ -107,7 +107,9 @@ class FeedSignal:
             next_check = loop.time() + RECHECK
             try:
                 head = await read.feed_head(self._pool)
-            except Unavailable:
+            except Exception as exc:  # the watcher must outlive any failure
+                if not isinstance(exc, Unavailable):
+                    log.warning("feed head query failed", error=str(exc))
                 # Let every reader ask for itself: it answers 503, as a reader's own query would.
                 for waiter in list(self._waiters):
                     waiter.wake(True)
