@@ -10,6 +10,7 @@ latency of each, and how many scrapes per second the service answered meanwhile.
     python ops/bench/scrape_flood.py --quick               # a smoke test, a few seconds
     python ops/bench/scrape_flood.py --metrics-max-age 0   # a rendering per scrape (shared
                                                            # only by concurrent ones)
+    python ops/bench/scrape_flood.py --path /healthz       # any flood, for comparison
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--metrics-max-age", type=float, help="server.metrics_max_age (default: the service's)"
     )
+    p.add_argument(
+        "--path",
+        default="/metrics",
+        help="what the flood fetches (default /metrics; /healthz gives the cost of any flood\n"
+        "of cheap requests, to compare with)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny durations (smoke test)")
     args = p.parse_args(argv)
     defaults = {"duration": 1.0, "warmup": 0.3, "runs": 1} if args.quick else {}
@@ -69,7 +76,7 @@ async def measure(
         postbacks = loadgen.open_loop(conns, items, args.rate, args.warmup, args.duration)
         if not flood:
             return await postbacks, None
-        scrape = loadgen.request(procs.HOST, port, "/metrics")
+        scrape = loadgen.request(procs.HOST, port, args.path)
         scrapes = [scrape] * 2_000_000  # closed loop ends with its window, long before these
         async with loadgen.Clients("raw", procs.HOST, port, args.scrapers, {}) as scrapers:
             flooding = loadgen.closed_loop(scrapers, scrapes, args.warmup, args.duration)
@@ -116,7 +123,7 @@ async def main_async(args: argparse.Namespace) -> int:
     finally:
         await asyncio.to_thread(server.close)
     medians = [statistics.median(column) for column in zip(*rows, strict=True)]
-    print(f"\npostback latency at {args.rate:g}/s, alone and under a /metrics flood")
+    print(f"\npostback latency at {args.rate:g}/s, alone and under a flood of GET {args.path}")
     print(f"({args.runs} runs of {args.duration:g} s; {args.scrapers} scraping connections)")
     print(f"{'':24}{'p50 ms':>10}{'p99 ms':>10}")
     print(f"{'alone':24}{medians[0]:>10.1f}{medians[1]:>10.1f}")

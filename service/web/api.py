@@ -283,6 +283,8 @@ async def get_events(request: web.Request) -> web.Response:
         if not await feed.wait(after, remaining, gone=lambda: _client_gone(request)):
             break
         page = await read.feed(pool, after, limit)
+        if not page:
+            break  # woken for nothing (a failed head query): answer, never spin on queries
     if page:
         last, txid = page[-1]
         after = (txid, last.position)
