@@ -236,6 +236,17 @@ async def test_internal_listener_on_the_walls_port_exits_2(tmp_path: Path) -> No
     assert_one_line_error(code, out, err, "server.internal.port")
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_port_flag_on_the_internal_port_exits_2(tmp_path: Path, workers: str) -> None:
+    config = tmp_path / "ledger.toml"
+    config.write_text("[server]\nport = 8080\n[server.internal]\nport = 8081\n")
+    code, out, err = await run_cli(
+        "serve", "--config", str(config), "--port", "8081", "--workers", workers
+    )
+    assert code == 2
+    assert_one_line_error(code, out, err, "--port", "server.internal.port")
+
+
 # --- where the configuration comes from ---------------------------------------------------------
 
 
