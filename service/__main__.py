@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 config = args.config or os.environ["LEDGER_CONFIG"]
                 host = args.host or settings.server.host
                 port = args.port or settings.server.port
+                _check_ports(settings, port)
                 return supervise(settings, config, host, port, args.workers)
             return _serve(settings, args.host, args.port, reuse_port=args.worker)
         return asyncio.run(_COMMANDS[args.command](settings))
@@ -82,13 +84,33 @@ def _serve(settings: Settings, host: str | None, port: int | None, reuse_port: b
 
     host = host or settings.server.host
     port = port or settings.server.port
-    log.info("serving", host=host, port=port, providers=[p.name for p in settings.providers])
+    internal = settings.server.internal
+    _check_ports(settings, port)
+    log.info(
+        "serving",
+        host=host,
+        port=port,
+        internal=None if internal is None else f"{internal.host}:{internal.port}",
+        providers=[p.name for p in settings.providers],
+    )
+    if internal is None:
+        log.warning(
+            "no [server.internal] listener: /v1/ and /metrics share the walls' address",
+            host=host,
+            port=port,
+        )
+    sockets = []
     try:
+        if internal is not None:
+            where = f"{internal.host}:{internal.port}"
+            sockets.append(_listen(internal.host, internal.port, reuse_port=reuse_port))
+        where = f"{host}:{port}"
         web.run_app(
             create_app(settings),
             loop=new_event_loop(),
             host=host,
             port=port,
+            sock=sockets or None,
             access_log=None,
             print=None,
             reuse_port=reuse_port,
@@ -100,9 +122,24 @@ def _serve(settings: Settings, host: str | None, port: int | None, reuse_port: b
     except OSError as exc:
         if isinstance(exc, ConnectionError):
             raise
-        print(f"error: cannot serve on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"error: cannot serve on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    finally:
+        for sock in sockets:
+            sock.close()
     return 0
+
+
+def _check_ports(settings: Settings, port: int) -> None:
+    internal = settings.server.internal
+    if internal is not None and internal.port == port:
+        raise ConfigError(f"--port: {port} is server.internal.port; the listeners need two ports")
+
+
+def _listen(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A listening TCP socket on host:port (SO_REUSEPORT under `--workers`)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    return socket.create_server((host, port), family=family, reuse_port=reuse_port, backlog=128)
 
 
 async def _migrate(settings: Settings) -> int:

@@ -15,7 +15,7 @@ from .embedded import DATABASE, EmbeddedPostgres
 from .feed import FeedSignal
 from .logs import log
 from .settings import Settings
-from .web import middlewares
+from .web import listeners, middlewares
 from .web.auth import ApiKeys
 from .web.routes import add_routes
 from .web.walls import Walls
@@ -58,14 +58,25 @@ async def database(settings: Settings, *, wait: float = 30.0) -> AsyncIterator[s
 
 
 def create_app(settings: Settings) -> web.Application:
+    internal = settings.server.internal
+    # The listener gate goes right after the request context, so its 404 is logged and carries
+    # a request id like any other, and before authentication, so that an API path on the walls'
+    # listener is a plain 404, not a 401 that would say the route exists.
+    gate = [] if internal is None else [listeners.gate(internal.port)]
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[middlewares.request_context, middlewares.errors, middlewares.authenticate],
+        middlewares=[
+            middlewares.request_context,
+            *gate,
+            middlewares.errors,
+            middlewares.authenticate,
+        ],
     )
     app[keys.SETTINGS] = settings
     app[keys.WALLS] = Walls.from_settings(settings)
     app[keys.API_KEYS] = ApiKeys(settings.api_keys)
     metrics.initialise(p.name for p in settings.providers)
+    app[keys.EXPOSITION] = metrics.SharedExposition(settings.server.metrics_max_age)
     app.cleanup_ctx.append(_database)
     add_routes(app)
     return app
@@ -111,7 +122,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         )
         app[keys.REFUSALS] = refusals
         refusals.start()
-        app[keys.FEED] = FeedSignal(dsn)
+        app[keys.FEED] = FeedSignal(dsn, pool)
         app[keys.FEED].start()
         probe = asyncio.create_task(_probe(app))
         try:

@@ -1,48 +1,125 @@
-"""Wakes long-polling feed readers when events commit (LISTEN on the write path's NOTIFY).
+"""Wakes long-polling feed readers when something new is servable to them.
 
-One listening connection per process. Readers also re-check on their own every second, so a
-lost listener (or an event that only becomes servable when an older transaction ends) delays
-an answer by at most that long, never forever.
+One process-wide watcher, whatever the number of readers: it LISTENs on the write path's NOTIFY
+(one connection per process), and on a notification, or every RECHECK seconds while readers
+wait, asks the database once for the feed's head, the last event the feed may serve (a
+commit only becomes servable once every older transaction has ended, which sends no
+notification: the periodic check catches that). It wakes only the readers whose cursor is
+behind that head, so each woken reader's query finds events; a burst of notifications costs one
+query, not one per reader. Every TICK seconds it also lets go of readers whose client has
+disconnected, so an abandoned long-poll ends within a fraction of a second rather than after its
+whole `wait`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
-from .db import connection
+import asyncpg
+
+from .db import Unavailable, connection, read
 from .db.write import FEED_CHANNEL
 from .logs import log
 
-RECHECK = 1.0
+RECHECK = 1.0  # seconds between head queries while readers wait and nothing is notified
+TICK = 0.25  # seconds between checks for readers whose client has gone
+
+Cursor = tuple[int, int]  # (txid, position), as the feed orders events
+
+
+class _Waiter:
+    __slots__ = ("after", "future", "gone")
+
+    def __init__(self, after: Cursor, gone: Callable[[], bool]) -> None:
+        self.after = after
+        self.gone = gone
+        self.future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def wake(self, servable: bool) -> None:
+        if not self.future.done():
+            self.future.set_result(servable)
 
 
 class FeedSignal:
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, pool: asyncpg.Pool) -> None:
         self._dsn = dsn
-        self._changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._pool = pool
+        self._notified = asyncio.Event()
+        self._waiters: set[_Waiter] = set()
+        self._head: Cursor | None = None  # the last head seen; the real one is never behind it
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._listen())
+        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._watch())]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        for waiter in self._waiters:
+            waiter.wake(False)
 
-    async def wait(self, seconds: float) -> None:
-        """Return when new events may have committed, or after `seconds`."""
-        event = self._changed
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=min(seconds, RECHECK))
+    @property
+    def waiting(self) -> int:
+        """How many readers are waiting now."""
+        return len(self._waiters)
+
+    async def wait(self, after: Cursor, seconds: float, gone: Callable[[], bool]) -> bool:
+        """True as soon as an event after `after` may be servable; False after `seconds`, or
+        once `gone()` says the reader's client has disconnected."""
+        if self._head is not None and self._head > after:
+            return True
+        waiter = _Waiter(after, gone)
+        self._waiters.add(waiter)
+        try:
+            async with asyncio.timeout(seconds):
+                return await waiter.future
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters.discard(waiter)
 
     def _notify(self, *_: Any) -> None:
-        # Wake every current waiter; later waiters wait for the next notification.
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._notified.set()
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_check = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TICK):
+                    await self._notified.wait()
+            if not self._waiters:
+                # A notification nobody waits for needs no query. A reader arriving just after
+                # it is covered all the same: the next check is due, and comes within a TICK.
+                self._notified.clear()
+                continue
+            for waiter in [w for w in self._waiters if w.gone()]:
+                waiter.wake(False)
+            if not self._notified.is_set() and loop.time() < next_check:
+                continue
+            self._notified.clear()  # notifications from here on need another query
+            next_check = loop.time() + RECHECK
+            try:
+                head = await read.feed_head(self._pool)
+            except Exception as exc:  # the watcher must outlive any failure
+                if not isinstance(exc, Unavailable):
+                    log.warning("feed head query failed", error=str(exc))
+                # Let every reader ask for itself: it answers 503, as a reader's own query would.
+                for waiter in list(self._waiters):
+                    waiter.wake(True)
+                continue
+            if head is None:
+                continue
+            self._head = head
+            for waiter in list(self._waiters):
+                if head > waiter.after:
+                    waiter.wake(True)
 
     async def _listen(self) -> None:
         while True:

@@ -6,6 +6,7 @@ import asyncpg
 from aiohttp import web
 
 from .feed import FeedSignal
+from .metrics import SharedExposition
 from .settings import Settings
 from .web.auth import ApiKeys
 from .web.walls import Walls
@@ -19,3 +20,4 @@ REFUSALS = web.AppKey("refusals", Writer)
 WALLS = web.AppKey("walls", Walls)
 API_KEYS = web.AppKey("api_keys", ApiKeys)
 FEED = web.AppKey("feed", FeedSignal)
+EXPOSITION = web.AppKey("exposition", SharedExposition)

@@ -6,6 +6,8 @@ event types), never from request data, so no caller can make new series.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 from collections.abc import Iterable
 
@@ -60,6 +62,41 @@ def exposition() -> bytes:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+class SharedExposition:
+    """The /metrics text, rendered off the event loop and shared.
+
+    Rendering costs milliseconds of CPU (more with many series, or several workers' files to
+    merge), and /metrics needs no key. So one rendering runs at a time, in a worker thread, and
+    every scrape that arrives meanwhile gets its result; a finished rendering is served again
+    for `max_age` seconds (`server.metrics_max_age`). A flood of scrapes then costs at most one
+    rendering per `max_age` seconds per process, and none of it on the loop that answers the
+    walls. Prometheus scrapes every 15 s or so, so a second-old page is as good as a new one.
+    """
+
+    def __init__(self, max_age: float) -> None:
+        self._max_age = max_age
+        self._body = b""
+        self._rendered_at = -math.inf
+        self._rendering: asyncio.Task[bytes] | None = None
+
+    async def text(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._rendered_at < self._max_age:
+            return self._body
+        if self._rendering is None:
+            self._rendering = asyncio.create_task(self._render())
+        # Shielded: a scraper that goes away must not cancel the rendering the others await.
+        return await asyncio.shield(self._rendering)
+
+    async def _render(self) -> bytes:
+        try:
+            body = await asyncio.to_thread(exposition)
+            self._body, self._rendered_at = body, asyncio.get_running_loop().time()
+            return body
+        finally:
+            self._rendering = None
 
 
 AUTH_REASONS = ("signature", "token", "source_ip", "replay")

@@ -7,6 +7,14 @@ import asyncpg
 from .db import translated
 from .replay import replay
 
+# Every projection, in the order the write path first touches them inside its transaction
+# (db/write.py reads settlements, then receipt offers, then writes receipt offers, settlements
+# and wallets; a read takes a table lock too). rebuild locks them in this same order: in any
+# other, a writer holding one while it waits for the next, and rebuild holding that next one
+# while it waits for the first, deadlock. A new projection goes where the write path first
+# touches it.
+PROJECTIONS = ("settlements", "receipt_offers", "wallets")
+
 _COPY_WALLETS = (
     "user_id",
     "balance",
@@ -47,10 +55,9 @@ async def rebuild(conn: asyncpg.Connection) -> tuple[int, int, int]:
             # Writers update the projections in the same transaction as their events, so while
             # this lock is held none can commit: the log replayed below is the whole log, and
             # writers blocked meanwhile add their changes on top of the rebuilt rows afterwards.
-            await conn.execute(
-                "LOCK TABLE settlements, receipt_offers, wallets IN ACCESS EXCLUSIVE MODE"
-            )
-            await conn.execute("TRUNCATE settlements, receipt_offers, wallets")
+            # PostgreSQL takes the locks of one LOCK TABLE in the order the tables are listed.
+            await conn.execute(f"LOCK TABLE {', '.join(PROJECTIONS)} IN ACCESS EXCLUSIVE MODE")
+            await conn.execute(f"TRUNCATE {', '.join(PROJECTIONS)}")
             result = await replay(conn, "rebuild")
             await conn.copy_records_to_table(
                 "wallets",

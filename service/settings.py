@@ -35,15 +35,27 @@ class ConfigError(Exception):
         super().__init__(one_line(message))
 
 
+class Listener(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = 8081
+
+
 class Server(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # The walls' listener: the address exposed to the internet.
     host: str = "127.0.0.1"
     port: int = 8080
+    # With [server.internal], the walls' listener serves only the postback endpoints and
+    # /healthz, and this one the internal API, /metrics and the probes (service/web/listeners.py).
+    internal: Listener | None = None
     trusted_proxies: list[str] = []
     max_body_bytes: int = 65536
     # Slow or stalled clients: a body must arrive within read_timeout seconds (else 408), and a
     # connection that sends no complete request for keepalive_timeout seconds is closed.
     read_timeout: float = 10.0
     keepalive_timeout: float = 15.0
+    # Seconds one rendering of /metrics is served to every scrape (service/metrics.py). Scrapes
+    # come every 15 s or so; bounding renders bounds what a flood of scrapes can cost.
+    metrics_max_age: float = 1.0
 
 
 class Database(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -163,6 +175,16 @@ def _validate(settings: Settings) -> None:
     server = settings.server
     if not 0 < server.port < 65536:
         raise ConfigError(f"config: server.port: {server.port} is not a TCP port (1-65535)")
+    if server.internal is not None:
+        if not 0 < server.internal.port < 65536:
+            raise ConfigError(
+                f"config: server.internal.port: {server.internal.port} is not a TCP port (1-65535)"
+            )
+        if server.internal.port == server.port:
+            # The listener a request came in on is told by its local port.
+            raise ConfigError("config: server.internal.port: must differ from server.port")
+    if not 0 <= server.metrics_max_age <= 60:
+        raise ConfigError("config: server.metrics_max_age: must be from 0 to 60 seconds")
     if not (0 < server.read_timeout <= 300 and 0 < server.keepalive_timeout <= 3600):
         raise ConfigError("config: server.read_timeout/keepalive_timeout: must be positive seconds")
     if server.max_body_bytes < 1:
@@ -224,6 +246,7 @@ def _validate(settings: Settings) -> None:
                 raise ConfigError(f"config: {where}.max_amount: {exc}") from None
 
     names: set[str] = set()
+    key_owners: dict[str, str] = {}
     for i, k in enumerate(settings.api_keys):
         where = f"api_keys[{i}]"
         if not k.name or k.name in names:
@@ -231,6 +254,13 @@ def _validate(settings: Settings) -> None:
         names.add(k.name)
         if len(k.key) < 8:
             raise ConfigError(f"config: {where}.key: must be at least 8 characters")
+        if k.key in key_owners:
+            # Two names for one key: the log and the scope check could name the wrong caller.
+            raise ConfigError(
+                f"config: {where}.key: api key {k.name!r} has the same key as"
+                f" {key_owners[k.key]!r}; each key must be unique"
+            )
+        key_owners[k.key] = k.name
         for scope in k.scopes:
             if scope not in SCOPES:
                 raise ConfigError(

@@ -3,7 +3,9 @@
 The supervisor owns what must exist once: the embedded PostgreSQL (if no URL is configured), the
 schema, and the folder where workers share their Prometheus metrics. Each worker is a full
 `serve` process (its own event loop and pool) on the same port with SO_REUSEPORT, so the kernel
-spreads connections between them. A worker that dies is started again; SIGTERM or SIGINT stops
+spreads connections between them; with `[server.internal]`, each worker binds the internal
+listener the same way (workers read it from the configuration; `--host/--port` passed to them
+are the walls' listener). A worker that dies is started again; SIGTERM or SIGINT stops
 them all, waits for them to answer what they hold, then stops the database.
 """
 
@@ -56,7 +58,13 @@ def supervise(settings: Settings, config: str, host: str, port: int, workers: in
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     children = [subprocess.Popen(command, env=env) for _ in range(workers)]
-    log.info("workers started", pids=[c.pid for c in children], port=port)
+    internal = settings.server.internal
+    log.info(
+        "workers started",
+        pids=[c.pid for c in children],
+        port=port,
+        internal_port=None if internal is None else internal.port,
+    )
     try:
         while not stopping:
             for i, child in enumerate(children):

@@ -46,7 +46,8 @@ def medioot(
 
 def settings(database_url: str, **overrides: Any) -> Settings:
     raw: dict[str, Any] = {
-        "server": {"max_body_bytes": 4096},
+        # Metrics rendered afresh for every scrape, so a test sees the counts of what it just did.
+        "server": {"max_body_bytes": 4096, "metrics_max_age": 0},
         "database": {"url": database_url, "pool_max_size": 10, "timeout": 3.0},
         "providers": [
             {"name": "medioot", "protocol": "medioot", "secret": MEDIOOT_SECRET},

@@ -424,7 +424,11 @@ def _install() -> Capture:
     (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
     os.environ[ENV_DIR] = str(capture.folder)
     path = os.environ.get("PYTHONPATH", "")
-    os.environ["PYTHONPATH"] = str(site) + (os.pathsep + path if path else "")
+    # This checkout too: sitecustomize imports `service` before `python -m` puts the working
+    # directory on sys.path, so without it a child would load whichever checkout the virtual
+    # environment's editable install points at, not the one under test.
+    here = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), here, *([path] if path else [])])
     return capture
 
 

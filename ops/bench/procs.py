@@ -46,12 +46,15 @@ def serve_has_workers() -> bool:
     return "--workers" in proc.stdout
 
 
-def config_text(dsn: str, pool_size: int | None) -> str:
+def config_text(dsn: str, pool_size: int | None, server: str = "") -> str:
+    """The service's configuration; `server` holds extra lines of its [server] table."""
+
     def q(text: str) -> str:
         return json.dumps(text)  # a JSON string is a TOML basic string
 
     pool = f"pool_max_size = {pool_size}\n" if pool_size else ""
-    return (
+    head = f"[server]\n{server}\n" if server else ""
+    return head + (
         f"[database]\nurl = {q(dsn)}\n{pool}\n"
         f'[[providers]]\nname = "medioot"\nprotocol = "medioot"\nsecret = {q(MEDIOOT_SECRET)}\n\n'
         f'[[api_keys]]\nname = "bench"\nkey = {q(READ_KEY)}\nscopes = ["read"]\n'
@@ -142,12 +145,13 @@ def served_ms(log: Path, window: tuple[float, float], prefix: str) -> list[float
 
 @contextlib.asynccontextmanager
 async def service(
-    dsn: str, log: Path, workers: int | None, pool_size: int | None
+    dsn: str, log: Path, workers: int | None, pool_size: int | None, server: str = ""
 ) -> AsyncIterator[Running]:
-    """The service on database `dsn`, listening on a free port until the block ends."""
+    """The service on database `dsn`, listening on a free port until the block ends; `server`
+    holds extra lines of its [server] table."""
     config = log.with_suffix(".toml")
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(config_text(dsn, pool_size), encoding="utf-8")
+    config.write_text(config_text(dsn, pool_size, server), encoding="utf-8")
     args = [sys.executable, "-m", "service", "serve", "--config", str(config)]
     args += ["--host", HOST, "--port", "{port}"]
     if workers is not None:

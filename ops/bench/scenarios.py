@@ -31,6 +31,27 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def signed_postbacks(
+    rng: random.Random, users: int, port: int, n: int
+) -> tuple[list[loadgen.Request], list[str]]:
+    """`n` signed Medioot credits with fresh random transids, over `users` users."""
+    secret = procs.MEDIOOT_SECRET
+    reqs, subids = [], []
+    for _ in range(n):
+        subid = f"user-{rng.randrange(users)}"
+        transid = f"{rng.getrandbits(80):020x}"
+        cents = rng.randint(1, 99_999)
+        reward = f"{cents // 100}.{cents % 100:02d}"
+        sig = hashlib.md5(f"{subid}{transid}{reward}{secret}".encode()).hexdigest()
+        path = (
+            f"/postbacks/medioot?subid={subid}&transid={transid}&reward={reward}"
+            f"&status=1&signature={sig}"
+        )
+        reqs.append(loadgen.request(procs.HOST, port, path))
+        subids.append(subid)
+    return reqs, subids
+
+
 @dataclass
 class Bench:
     args: argparse.Namespace
@@ -49,22 +70,7 @@ class Bench:
     # --- requests --------------------------------------------------------------------------------
 
     def postbacks(self, port: int, n: int) -> tuple[list[loadgen.Request], list[str]]:
-        """`n` signed Medioot credits with fresh random transids, over `users` users."""
-        rng, users, secret = self.rng, self.args.users, procs.MEDIOOT_SECRET
-        reqs, subids = [], []
-        for _ in range(n):
-            subid = f"user-{rng.randrange(users)}"
-            transid = f"{rng.getrandbits(80):020x}"
-            cents = rng.randint(1, 99_999)
-            reward = f"{cents // 100}.{cents % 100:02d}"
-            sig = hashlib.md5(f"{subid}{transid}{reward}{secret}".encode()).hexdigest()
-            path = (
-                f"/postbacks/medioot?subid={subid}&transid={transid}&reward={reward}"
-                f"&status=1&signature={sig}"
-            )
-            reqs.append(loadgen.request(procs.HOST, port, path))
-            subids.append(subid)
-        return reqs, subids
+        return signed_postbacks(self.rng, self.args.users, port, n)
 
     def reads(self, port: int, users: list[str], n: int) -> list[loadgen.Request]:
         distinct = [loadgen.request(procs.HOST, port, f"/v1/wallets/{u}", AUTH) for u in users]

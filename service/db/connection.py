@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,16 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
 _SCHEMA_LOCK = 0x5CE3A
 
 
+# jsonb numbers are `numeric`: decode a fraction to a Decimal, never a float (a receipt's
+# 12345678.123456789012345 must come back with every digit). The API encodes them as numbers.
+_decode_jsonb = msgspec.json.Decoder(float_hook=Decimal).decode
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
         "jsonb",
         encoder=lambda v: msgspec.json.encode(v).decode(),
-        decoder=msgspec.json.decode,
+        decoder=_decode_jsonb,
         schema="pg_catalog",
     )
 

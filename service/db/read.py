@@ -70,6 +70,22 @@ LIMIT $3
 """
 
 
+_FEED_HEAD = """
+SELECT txid, position FROM events
+WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY txid DESC, position DESC
+LIMIT 1
+"""
+
+
+async def feed_head(pool: asyncpg.Pool) -> tuple[int, int] | None:
+    """The (txid, position) of the last event the feed may serve now; None while it has none.
+    One backward step on the feed's index: what wakes long-polling readers."""
+    with translated():
+        row = await pool.fetchrow(_FEED_HEAD)
+    return None if row is None else (int(row["txid"]), row["position"])
+
+
 async def feed(pool: asyncpg.Pool, after: tuple[int, int], limit: int) -> list[tuple[Event, int]]:
     """Up to `limit` events after the (txid, position) cursor, each with its txid."""
     with translated():
@@ -123,8 +139,11 @@ async def snapshot_wallets(conn: asyncpg.Connection) -> dict[str, Any]:
 
 
 async def receipt_offer(
-    pool: asyncpg.Pool, provider: str, upload_offer_id: str
+    pool: asyncpg.Pool, provider: str, upload_offer_id: str, after: int, limit: int
 ) -> tuple[asyncpg.Record | None, list[Event]]:
+    """The offer's row and up to `limit` of its events after position `after`, oldest first,
+    from one snapshot. Gap-free like a wallet's events: the write path hands out an offer's
+    positions while holding that offer's lock."""
     with translated():
         async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             row: asyncpg.Record | None = await conn.fetchrow(
@@ -137,9 +156,11 @@ async def receipt_offer(
             rows = await conn.fetch(
                 f"SELECT {_EVENT_COLUMNS} FROM events WHERE provider = $1"
                 " AND data->>'upload_offer_id' = $2 AND type = 'receipt_status_changed'"
-                " ORDER BY position LIMIT 1000",
+                " AND position > $3 ORDER BY position LIMIT $4",
                 provider,
                 upload_offer_id,
+                after,
+                limit,
             )
     return row, [_event(r) for r in rows]
 

@@ -157,7 +157,11 @@ FROM unnest(${0}::text[], ${1}::text[], ${2}::text[], ${3}::int2[], ${4}::text[]
             ${6}::text[], ${7}::text[], ${8}::int8[]) AS t(r, p, o, s, d, ip, m, pa, ep)
 """
 _INSERT_LOG = _LOG.format(*range(1, 10))
-# Settlements, wallets and the log in one round trip: data-modifying WITH clauses all run.
+# Settlements, wallets and the log in one round trip: data-modifying WITH clauses all run. A
+# batch that settles nothing leaves the settlements table alone (even an insert of no rows
+# locks it), so that every transaction touches the projections in one order: settlements,
+# receipt offers, wallets (rebuild locks them in that order too).
+_WALLETS_AND_LOG = f"WITH changed AS ({_WALLETS.format(*range(1, 7))}) {_LOG.format(*range(7, 16))}"
 _PROJECT_AND_LOG = (
     f"WITH settled AS ({_SETTLE.format(*range(1, 10))}),"
     f" changed AS ({_WALLETS.format(*range(10, 16))}) {_LOG.format(*range(16, 25))}"
@@ -320,13 +324,15 @@ async def _append(
             results.append(_judge(sub, inserted, stored, decided, moved, fresh))
 
     log = _log_columns(batch, results)
-    if new:
+    if settled:
         await conn.execute(
             _PROJECT_AND_LOG,
             *_settlement_columns(settled),
             *_wallet_columns(new, inserted, moved),
             *log,
         )
+    elif new:
+        await conn.execute(_WALLETS_AND_LOG, *_wallet_columns(new, inserted, moved), *log)
     else:
         await conn.execute(_INSERT_LOG, *log)
     return results, new

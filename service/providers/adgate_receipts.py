@@ -81,7 +81,7 @@ def _receipt(body: bytes) -> dict[str, Any]:
         return {}
     if len(body) > RECEIPT_LIMIT:
         return {"receipt_omitted_bytes": len(body)}
-    value = storable_json(body)
+    value = storable_json(body)  # raw JSON: its numbers reach jsonb with their exact text
     if value is not None:
         return {"receipt": value}
     return {"receipt_text": storable_text(body, RECEIPT_LIMIT)}

@@ -18,6 +18,7 @@ import ipaddress
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Literal, Protocol
 from urllib.parse import parse_qsl
 
@@ -341,17 +342,47 @@ def _storable(text: str) -> str:
     return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
-def storable_json(body: bytes) -> object | None:
-    """`body` decoded as JSON if PostgreSQL's jsonb can hold it exactly, else None (jsonb
-    refuses NUL characters, and no text column takes a lone surrogate)."""
+def storable_json(body: bytes) -> msgspec.Raw | None:
+    """`body` itself, as raw JSON, if PostgreSQL's jsonb can hold it exactly, else None.
+
+    Never decoded to Python numbers and encoded again: a number keeps the exact text it came
+    with (jsonb keeps it as `numeric`). Checked on the way: jsonb refuses NUL characters, lone
+    surrogates and numbers beyond `numeric`, and NaN or Infinity are not JSON; nesting deeper
+    than the decoder can check (RecursionError) is refused too.
+    """
     try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
-        # allow_nan=False also refuses 1e999, which decodes to infinity.
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        value = json.loads(
+            body.decode("utf-8"),
+            parse_float=_jsonb_number,
+            parse_int=_jsonb_number,
+            parse_constant=_no_constant,
+        )
+        # Numbers are strings here; what is left to check is the text of every string.
+        text = json.dumps(value, ensure_ascii=False)
         text.encode("utf-8")
-    except (UnicodeError, ValueError, RecursionError):
+    except (UnicodeError, ValueError, ArithmeticError, RecursionError):
         return None
-    return None if "\\u0000" in text else value
+    return None if "\\u0000" in text else msgspec.Raw(body)
+
+
+# What PostgreSQL's `numeric` takes from text: an exponent within +-1000 (older servers refuse
+# more), at most 16383 digits after the decimal point and 131072 before it.
+_MAX_EXPONENT, _MAX_SCALE, _MAX_WEIGHT = 1000, 16383, 131071
+
+
+def _jsonb_number(text: str) -> str:
+    """The JSON number `text` unchanged, or ValueError if jsonb could not store it."""
+    _, _, written = text.lower().partition("e")
+    value = Decimal(text)
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)  # a JSON number is finite
+    if (
+        (written and abs(int(written)) > _MAX_EXPONENT)
+        or -exponent > _MAX_SCALE
+        or value.adjusted() > _MAX_WEIGHT
+    ):
+        raise ValueError(f"number {text[:20]} is beyond what jsonb stores")
+    return text
 
 
 def storable_text(body: bytes, limit: int) -> str:

@@ -101,16 +101,24 @@ def _amount(name: str, raw: msgspec.Raw) -> Decimal:
 
 
 def loggable(inbound: Inbound) -> dict[str, str]:
-    """The callback's fields as text, never its Sig, whatever the Content-Type said."""
+    """The callback's fields as text, never its Sig, whatever the Content-Type said. A string
+    is kept as its text; any other value as the JSON it arrived as, so a number keeps its exact
+    digits (`12345678.123456789012345`, never a float's rounding)."""
     try:
-        fields = msgspec.json.decode(inbound.body, type=dict[str, object])
-    except (msgspec.DecodeError, UnicodeDecodeError):
+        inbound.body.decode("utf-8")  # a Raw value is not checked by the decoder
+        fields = msgspec.json.decode(inbound.body, type=dict[str, msgspec.Raw])
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return {}
     return storable_params(
-        (name, v if isinstance(v, str) else msgspec.json.encode(v).decode())
-        for name, v in fields.items()
-        if name.lower() not in SECRET_PARAMS
+        (name, _as_text(raw)) for name, raw in fields.items() if name.lower() not in SECRET_PARAMS
     )
+
+
+def _as_text(raw: msgspec.Raw) -> str:
+    token = bytes(raw)
+    if token.startswith(b'"'):
+        return msgspec.json.decode(token, type=str)
+    return token.decode("utf-8")  # checked above
 
 
 def answer(outcome: Outcome, detail: str) -> Answer:

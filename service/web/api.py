@@ -75,6 +75,7 @@ class ReceiptOfferBody(msgspec.Struct):
     event_count: int
     updated_at: dt.datetime
     events: list[EventBody]
+    next: str | None
 
 
 class PostbackBody(msgspec.Struct):
@@ -96,7 +97,9 @@ class PostbacksPage(msgspec.Struct):
     next: str | None
 
 
-_encode = msgspec.json.Encoder().encode
+# Amounts are formatted strings; a Decimal here is a number inside an event's data (a receipt's
+# JSON), kept a JSON number with its exact digits.
+_encode = msgspec.json.Encoder(decimal_format="number").encode
 
 
 def _json(body: msgspec.Struct) -> web.Response:
@@ -217,13 +220,20 @@ async def get_wallet_events(request: web.Request) -> web.Response:
 
 @requires("read")
 async def get_receipt_offer(request: web.Request) -> web.Response:
+    after = decode_cursor(request.query["after"]) if request.query.get("after") else 0
+    limit = _limit(request)
     provider = _text(request.match_info["provider"], "provider")
     offer = _text(request.match_info["upload_offer_id"], "upload_offer_id")
-    row, events = await read.receipt_offer(request.app[keys.POOL], provider, offer)
+    # One more than asked: whether a next page exists, so that `next` is null on the last.
+    row, events = await read.receipt_offer(
+        request.app[keys.POOL], provider, offer, after, limit + 1
+    )
     if row is None:
         raise ApiError(
             404, "receipt_offer_not_found", f"no receipt offer {offer!r} of {provider!r}"
         )
+    page = events[:limit]
+    next_cursor = encode_cursor(page[-1].position) if len(events) > limit else None
     return _json(
         ReceiptOfferBody(
             provider=row["provider"],
@@ -236,7 +246,8 @@ async def get_receipt_offer(request: web.Request) -> web.Response:
             approvals=row["approvals"],
             event_count=row["event_count"],
             updated_at=row["updated_at"],
-            events=[event_body(e) for e in events],
+            events=[event_body(e) for e in page],
+            next=next_cursor,
         )
     )
 
@@ -264,16 +275,25 @@ async def get_events(request: web.Request) -> web.Response:
     limit, wait = _limit(request), _wait(request)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    while True:
-        page = await read.feed(request.app[keys.POOL], after, limit)
-        remaining = deadline - loop.time()
-        if page or remaining <= 0:
+    pool, feed = request.app[keys.POOL], request.app[keys.FEED]
+    page = await read.feed(pool, after, limit)
+    # Query again only when the feed's watcher says something is servable after the cursor;
+    # stop waiting once the client has disconnected.
+    while not page and (remaining := deadline - loop.time()) > 0:
+        if not await feed.wait(after, remaining, gone=lambda: _client_gone(request)):
             break
-        await request.app[keys.FEED].wait(remaining)
+        page = await read.feed(pool, after, limit)
+        if not page:
+            break  # woken for nothing (a failed head query): answer, never spin on queries
     if page:
         last, txid = page[-1]
         after = (txid, last.position)
     return _json(FeedPage(events=[event_body(e) for e, _ in page], next=encode_feed_cursor(*after)))
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 @requires("read")
@@ -290,6 +310,12 @@ _LIMIT = Param(
     {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
 )
 _USER = Param("user_id", "path", "the user's id as the walls send it")
+_AFTER = Param(
+    "after",
+    "query",
+    _CURSOR_PARAM + ", or an event position",
+    {"type": "string", "pattern": "^([A-Za-z0-9_-]{1,64}|[0-9]{1,19})$"},
+)
 
 OPERATIONS = (
     Operation("/v1/wallets/{user_id}", get_wallet, "A user's wallet", WalletBody, (_USER,)),
@@ -298,16 +324,7 @@ OPERATIONS = (
         get_wallet_events,
         "A wallet's events, oldest first; gap-free by position",
         EventsPage,
-        (
-            _USER,
-            Param(
-                "after",
-                "query",
-                _CURSOR_PARAM + ", or an event position",
-                {"type": "string", "pattern": "^([A-Za-z0-9_-]{1,64}|[0-9]{1,19})$"},
-            ),
-            _LIMIT,
-        ),
+        (_USER, _AFTER, _LIMIT),
     ),
     Operation(
         "/v1/events",
@@ -328,11 +345,13 @@ OPERATIONS = (
     Operation(
         "/v1/receipt-offers/{provider}/{upload_offer_id}",
         get_receipt_offer,
-        "A receipt offer's state and history",
+        "A receipt offer's state and one page of its history, oldest first; gap-free by position",
         ReceiptOfferBody,
         (
             Param("provider", "path", "the provider name"),
             Param("upload_offer_id", "path", "AdGate's shm_upload_offer_id"),
+            _AFTER,
+            _LIMIT,
         ),
     ),
     Operation(

@@ -24,6 +24,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    response = web.Response(body=ledger_metrics.exposition())
+    response = web.Response(body=await request.app[keys.EXPOSITION].text())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

@@ -8,11 +8,19 @@ from . import api, health, postbacks
 
 
 def add_routes(app: web.Application) -> None:
+    # With [server.internal], each route is served on the listener whose paths cover it
+    # (listeners.WALLS_PATHS, listeners.INTERNAL_PATHS); without it, one listener serves all.
+
+    # Both listeners.
     app.router.add_get("/healthz", health.healthz)
-    app.router.add_get("/readyz", health.readyz)
-    app.router.add_get("/metrics", health.metrics)
+
+    # The walls' listener, exposed to the internet.
     for path in ("/postbacks/{name}", "/postbacks/{name}/{token}"):
         app.router.add_route("GET", path, postbacks.postback)
         app.router.add_route("POST", path, postbacks.postback)
+
+    # The internal listener: the API, metrics, probes (and the operator pages, under /ui/).
+    app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", health.metrics)
     for operation in api.OPERATIONS:
         app.router.add_get(operation.path, operation.handler)

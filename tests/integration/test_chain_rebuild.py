@@ -6,14 +6,18 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from ops.chaos.dbproxy import DatabaseProxy
+from service.app import create_app
 from service.rebuild import rebuild
 from service.replay import replay
 from service.verify import verify
+from tests import helpers
 from tests.helpers import AUTH, medioot, unique
 
 Client = TestClient  # type: ignore[type-arg]
@@ -181,3 +185,55 @@ async def test_rebuild_restores_identical_projections(
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1].startswith("verify: ok:")
     assert await snapshot(pool) == before
+
+
+async def test_rebuild_beside_concurrent_receipt_writers_succeeds_and_verifies(
+    aiohttp_client: Any, database_url: str, pool: asyncpg.Pool
+) -> None:
+    """The write path updates receipt_offers, then wallets; rebuild must lock them in that
+    order, or a writer holding one and rebuild holding the other deadlock."""
+    token = "rebuild-concurrent-token-0000"
+    # Slow round trips for the writers (not for rebuild): each spends longer between its
+    # receipt_offers and wallets statements, where a wrong lock order deadlocks.
+    proxy = DatabaseProxy(database_url, delay=0.005)
+    settings = helpers.settings(
+        await proxy.start(),
+        providers=[{"name": "adgate", "protocol": "adgate_receipts", "url_token": token}],
+    )
+    client: Client = await aiohttp_client(create_app(settings))
+    stop, under_way = asyncio.Event(), asyncio.Event()
+    answers: list[int] = []
+
+    async def wall(n: int) -> None:
+        user = unique(f"rw{n}")
+        while not stop.is_set():
+            offer = unique("uo")
+            for status in ("MANUAL_REVIEW", "APPROVED"):
+                query = {
+                    "s1": user,
+                    "shm_upload_offer_id": offer,
+                    "shm_status": status,
+                    "shm_event_id": unique("ev"),
+                    "points": "1.5",
+                }
+                resp = await client.get(f"/postbacks/adgate/{token}", params=query)
+                answers.append(resp.status)
+                if len(answers) >= 20:
+                    under_way.set()
+
+    walls = [asyncio.create_task(wall(n)) for n in range(8)]
+    try:
+        await under_way.wait()
+        for _ in range(8):
+            async with pool.acquire() as conn:
+                await rebuild(conn)  # a deadlock would raise here
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.gather(*walls)
+        await client.close()
+        await proxy.close()
+    assert set(answers) == {200}
+    async with pool.acquire() as conn:
+        report = await verify(conn)
+    assert report.ok, report.differences

@@ -211,6 +211,42 @@ async def test_malformed_value_is_named(tmp_path: Path, text: str, names: list[s
     assert_one_line_error(code, out, err, *names)
 
 
+@pytest.mark.parametrize("command", ["migrate", "serve"])
+async def test_two_api_keys_with_one_key_exit_2_naming_the_entry(
+    tmp_path: Path, command: str
+) -> None:
+    shared = "shared-api-key-0001"
+    config = tmp_path / "ledger.toml"
+    config.write_text(
+        f"[[api_keys]]\nname = 'wallets'\nkey = '{shared}'\nscopes = ['read']\n"
+        f"[[api_keys]]\nname = 'reports'\nkey = '{shared}'\nscopes = []\n",
+        encoding="utf-8",
+    )
+    code, out, err = await run_cli(command, "--config", str(config))
+    assert code == 2
+    line = assert_one_line_error(code, out, err, "api_keys[1].key", "reports")
+    assert shared not in line and shared not in out
+
+
+async def test_internal_listener_on_the_walls_port_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "ledger.toml"
+    config.write_text("[server]\nport = 8080\n[server.internal]\nport = 8080\n")
+    code, out, err = await run_cli("serve", "--config", str(config))
+    assert code == 2
+    assert_one_line_error(code, out, err, "server.internal.port")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_port_flag_on_the_internal_port_exits_2(tmp_path: Path, workers: str) -> None:
+    config = tmp_path / "ledger.toml"
+    config.write_text("[server]\nport = 8080\n[server.internal]\nport = 8081\n")
+    code, out, err = await run_cli(
+        "serve", "--config", str(config), "--port", "8081", "--workers", workers
+    )
+    assert code == 2
+    assert_one_line_error(code, out, err, "--port", "server.internal.port")
+
+
 # --- where the configuration comes from ---------------------------------------------------------
 
 

@@ -4,13 +4,22 @@ interleave; long-polling; cursors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from typing import Any
 
+import aiohttp
 import asyncpg
+import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
 
+from service import keys
+from service.app import create_app
+from service.db import read
+from service.settings import Settings
 from service.web.api import encode_feed_cursor
 from tests.helpers import AUTH, medioot, unique
 
@@ -162,3 +171,82 @@ async def test_bad_cursor_limit_and_wait_are_400(client: Client) -> None:
 
 async def test_feed_needs_the_read_scope(client: Client) -> None:
     assert (await client.get("/v1/events")).status == 401
+
+
+async def test_an_abandoned_long_poll_ends_soon_after_its_client_leaves(
+    client: Client, settings: Settings
+) -> None:
+    cursor = await end_cursor(client)
+    # Served as `serve` serves it: aiohttp's test server cancels a handler whose client
+    # disconnects, run_app does not (a postback's handler must finish what it started).
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        params = {"after": cursor, "wait": "30"}
+        with capture_logs() as logs:
+            async with aiohttp.ClientSession() as session:
+                url = f"http://127.0.0.1:{port}/v1/events"
+                poll = asyncio.create_task(session.get(url, params=params, headers=AUTH))
+                await asyncio.sleep(0.5)  # let the poll reach its wait
+                poll.cancel()  # the client gives up: its connection closes
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poll
+            await _until(
+                lambda: any(e.get("route") == "/v1/events" for e in logs),
+                "the abandoned long-poll to end",
+                limit=5,
+            )
+        assert app[keys.FEED].waiting == 0
+    finally:
+        await runner.cleanup()
+
+
+async def test_waiting_readers_query_only_once_something_is_servable_to_them(
+    client: Client, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cursor = await end_cursor(client)
+    queries: list[int] = []
+    real_feed = read.feed
+
+    async def counted(*args: Any) -> Any:
+        queries.append(1)
+        return await real_feed(*args)
+
+    monkeypatch.setattr(read, "feed", counted)
+    # An open transaction older than the events below holds the feed back: they commit (and
+    # notify) but are not servable until it ends.
+    blocker = await asyncpg.connect(database_url)
+    readers = 30
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.fetchval("SELECT pg_current_xact_id()")
+        polls = [
+            asyncio.create_task(feed(client, cursor, limit=10, wait="20")) for _ in range(readers)
+        ]
+        await _until(lambda: len(queries) == readers, "every reader's first query")
+        user = unique()
+        for i in range(3):
+            resp = await client.get(
+                "/postbacks/medioot", params=medioot(user, unique(f"t{i}"), "1")
+            )
+            assert await resp.text() == "OK"
+        await asyncio.sleep(2.5)  # notifications and more than two periodic checks
+        assert len(queries) == readers, "readers queried while nothing was servable to them"
+        await transaction.commit()
+    finally:
+        await blocker.close()
+    pages = await asyncio.gather(*polls)
+    assert all([e["user_id"] for e in page["events"]] == [user] * 3 for page in pages)
+    assert len(queries) == 2 * readers
+
+
+async def _until(condition: Any, what: str, limit: float = 10) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {limit}s for {what}"
+        await asyncio.sleep(0.02)

@@ -104,3 +104,14 @@ async def test_text_the_database_cannot_hold_is_400(
 ) -> None:
     resp = await client.get(path, headers=AUTH)
     assert resp.status in (400, 404), await resp.text()
+
+
+async def test_receipt_offer_history_is_documented_as_paged(
+    client: TestClient,  # type: ignore[type-arg]
+) -> None:
+    doc = await (await client.get("/v1/openapi.json", headers=AUTH)).json()
+    operation = doc["paths"]["/v1/receipt-offers/{provider}/{upload_offer_id}"]["get"]
+    assert {p["name"] for p in operation["parameters"] if p["in"] == "query"} == {"after", "limit"}
+    body = doc["components"]["schemas"]["ReceiptOfferBody"]
+    assert body["properties"]["next"] == {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    assert "next" in body["required"] and "events" in body["required"]

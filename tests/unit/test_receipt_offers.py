@@ -349,11 +349,18 @@ def texts(value: object) -> Iterable[str]:
             yield from texts(v)
 
 
+def receipt(data: dict[str, Any]) -> Any:
+    """The kept receipt JSON, decoded with exact numbers (it is kept as raw JSON text)."""
+    raw = data["receipt"]
+    assert isinstance(raw, msgspec.Raw)
+    return json.loads(bytes(raw), parse_float=Decimal)
+
+
 def storable(data: dict[str, Any]) -> None:
     """`data` can be written to a jsonb column: encodable, no NUL, no lone surrogate."""
     encoded = msgspec.json.encode(data)
-    decoded = json.loads(encoded.decode("utf-8"))
-    assert decoded == data
+    decoded = json.loads(encoded.decode("utf-8"), parse_float=Decimal)
+    assert decoded == {k: receipt(data) if k == "receipt" else v for k, v in data.items()}
     for text in texts(decoded):
         assert "\x00" not in text
         text.encode("utf-8")
@@ -503,7 +510,7 @@ def test_parameters_the_database_cannot_store_are_invalid(value: str) -> None:
 def test_json_receipt_is_kept() -> None:
     body = {"receipt_images": ["https://img.example/1.jpg", "https://img.example/2.jpg"]}
     postback = normalise(query(), json.dumps(body).encode())
-    assert postback.data["receipt"] == body
+    assert receipt(postback.data) == body
     assert "receipt_text" not in postback.data
     storable(postback.data)
 
@@ -511,14 +518,29 @@ def test_json_receipt_is_kept() -> None:
 @pytest.mark.parametrize("body", [b"[1, 2.5, null, true]", b'"just a string"', b"42"])
 def test_any_json_value_is_kept(body: bytes) -> None:
     postback = normalise(query(), body)
-    assert postback.data["receipt"] == json.loads(body)
+    assert receipt(postback.data) == json.loads(body, parse_float=Decimal)
+    storable(postback.data)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"total": 12345678.123456789012345, "tax": 1.50}',
+        b'{"a": 1e999, "b": -0.000000000000000000000001}',
+        b"[100000000000000000000000000000000000001, 2.5E+3]",
+    ],
+)
+def test_receipt_numbers_are_kept_as_the_exact_text_sent(body: bytes) -> None:
+    postback = normalise(query(), body)
+    assert bytes(postback.data["receipt"]) == body  # never decoded through float
+    assert "receipt_text" not in postback.data
     storable(postback.data)
 
 
 def test_receipt_is_kept_whatever_the_content_type() -> None:
     body = b'{"receipt_images": []}'
     postback = adgate_receipts.normalise(PROVIDER, inbound(query(), body, "text/plain"))
-    assert postback.data["receipt"] == {"receipt_images": []}
+    assert receipt(postback.data) == {"receipt_images": []}
 
 
 def test_no_body_keeps_no_receipt() -> None:
@@ -531,7 +553,7 @@ def test_receipt_at_the_limit_is_kept() -> None:
     filler = b"x" * (adgate_receipts.RECEIPT_LIMIT - len(prefix) - len(suffix))
     body = prefix + filler + suffix
     assert len(body) == adgate_receipts.RECEIPT_LIMIT
-    assert normalise(query(), body).data["receipt"] == {"u": filler.decode()}
+    assert receipt(normalise(query(), body).data) == {"u": filler.decode()}
 
 
 def test_receipt_over_the_limit_keeps_only_its_size() -> None:
@@ -548,7 +570,8 @@ def test_receipt_over_the_limit_keeps_only_its_size() -> None:
         b"{not json",
         b'{"a": NaN}',
         b'{"a": Infinity}',
-        b'{"a": 1e999}',
+        b'{"a": 1e1001}',  # numeric takes an exponent up to 1000 (older servers)
+        b'{"a": 0.1e-16383}',  # numeric keeps at most 16383 digits after the point
         b"[" * 5000 + b"]" * 5000,
     ],
 )

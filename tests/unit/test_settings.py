@@ -275,6 +275,33 @@ def test_port_limits_are_accepted(port: int) -> None:
     assert parse({"server": {"port": port}}, {}).server.port == port
 
 
+def test_internal_listener_is_optional_and_parses() -> None:
+    assert parse({}, {}).server.internal is None
+    raw = {"server": {"internal": {"host": "10.0.0.5", "port": 9100}}}
+    internal = parse(raw, {}).server.internal
+    assert internal is not None and (internal.host, internal.port) == ("10.0.0.5", 9100)
+
+
+@pytest.mark.parametrize(
+    ("internal", "key"),
+    [
+        ({"port": 0}, "server.internal.port"),
+        ({"port": 70000}, "server.internal.port"),
+        ({"port": 8080}, "server.internal.port"),  # the walls' port
+        ({"port": "x"}, "server.internal.port"),
+        ({"hostname": "x"}, "hostname"),
+    ],
+)
+def test_bad_internal_listener_names_the_key(internal: dict[str, Any], key: str) -> None:
+    message = config_error({"server": {"port": 8080, "internal": internal}})
+    assert key in message
+
+
+@pytest.mark.parametrize("age", [-1, 61])
+def test_metrics_max_age_is_bounded(age: float) -> None:
+    assert "server.metrics_max_age" in config_error({"server": {"metrics_max_age": age}})
+
+
 def test_max_body_bytes_must_be_positive() -> None:
     message = config_error({"server": {"max_body_bytes": 0}})
     assert "server.max_body_bytes" in message
@@ -297,6 +324,21 @@ def test_api_key_from_unset_variable_names_it() -> None:
 def test_api_key_duplicate_name() -> None:
     message = config_error({"api_keys": [api_key(), api_key(key="another-key-0002")]})
     assert "api_keys[1].name" in message
+
+
+def test_api_key_duplicate_key_names_the_entry_but_not_the_key() -> None:
+    shared = "the-same-key-0001"
+    message = config_error(
+        {
+            "api_keys": [
+                api_key(name="wallets", key=shared),
+                api_key(name="other", key="another-key-0002"),
+                api_key(name="reports", key=shared),
+            ]
+        }
+    )
+    assert "api_keys[2].key" in message and "reports" in message and "wallets" in message
+    assert shared not in message and "\n" not in message
 
 
 def test_api_key_unknown_scope() -> None:
