@@ -12,6 +12,7 @@ from .web.walls import Walls
 from .writer import Writer
 
 SETTINGS = web.AppKey("settings", Settings)
+MIGRATE = web.AppKey("migrate", bool)  # whether start-up applies the schema
 POOL = web.AppKey("pool", asyncpg.Pool)
 WRITER = web.AppKey("writer", Writer)
 WALLS = web.AppKey("walls", Walls)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from .db import translated
+from .domain.chain import ChainKey
 from .replay import replay
 
 _COPY_WALLETS = (
@@ -29,7 +30,7 @@ _COPY_OFFERS = (
 )
 
 
-async def rebuild(conn: asyncpg.Connection) -> tuple[int, int, int]:
+async def rebuild(conn: asyncpg.Connection, key: ChainKey) -> tuple[int, int, int]:
     """Replace the projections with a replay of the log; (events, wallets, offers)."""
     with translated():
         async with conn.transaction():
@@ -38,7 +39,7 @@ async def rebuild(conn: asyncpg.Connection) -> tuple[int, int, int]:
             # writers blocked meanwhile add their changes on top of the rebuilt rows afterwards.
             await conn.execute("LOCK TABLE wallets, receipt_offers IN ACCESS EXCLUSIVE MODE")
             await conn.execute("TRUNCATE wallets, receipt_offers")
-            result = await replay(conn, "rebuild")
+            result = await replay(conn, "rebuild", key)
             await conn.copy_records_to_table(
                 "wallets",
                 columns=_COPY_WALLETS,

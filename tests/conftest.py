@@ -1,5 +1,9 @@
 """A real PostgreSQL for the whole session: TEST_DATABASE_URL, or the embedded server under
-.data/test-postgres. Every test module gets a database of its own, dropped when it ends."""
+.data/test-postgres. Every test module gets a database of its own, dropped when it ends.
+
+`database_url` is the owner's (the session's superuser, or TEST_DATABASE_URL's role, which then
+needs CREATEDB and CREATEROLE); the service under test works as the runtime role
+(`helpers.runtime_url`), which may only read and append events, as in production."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from service.app import create_app
 from service.db.connection import connect, create_pool, migrate
-from service.embedded import EmbeddedPostgres
+from service.embedded import RUNTIME_ROLE, EmbeddedPostgres
 from service.settings import Settings
 
 from . import helpers
@@ -50,7 +54,12 @@ async def _create_database(admin: str, name: str) -> None:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    await migrate(with_database(admin, name))
+    await migrate(
+        with_database(admin, name),
+        runtime_role=RUNTIME_ROLE,
+        create_role=True,
+        password=helpers.RUNTIME_PASSWORD,
+    )
 
 
 async def _drop_database(admin: str, name: str) -> None:
@@ -85,7 +94,26 @@ async def client(aiohttp_client: object, settings: Settings) -> TestClient:  # t
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, min_size=1, max_size=10, wait_limit=10)
+    """A pool of the owner (a superuser), with the chain key: for setting up and tampering."""
+    pool = await create_pool(
+        database_url, min_size=1, max_size=10, wait_limit=10, chain_key=helpers.chain_key()
+    )
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def runtime_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool of the runtime role, as the service has."""
+    pool = await create_pool(
+        helpers.runtime_url(database_url),
+        min_size=1,
+        max_size=4,
+        wait_limit=10,
+        chain_key=helpers.chain_key(),
+    )
     try:
         yield pool
     finally:

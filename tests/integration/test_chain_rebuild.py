@@ -11,13 +11,16 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from service.embedded import RUNTIME_ROLE
 from service.rebuild import rebuild
 from service.replay import replay
 from service.verify import verify
+from tests import helpers
 from tests.helpers import AUTH, medioot, unique
 
 Client = TestClient  # type: ignore[type-arg]
 ROOT = Path(__file__).resolve().parents[2]
+KEY = helpers.chain_key()
 
 
 async def credit(client: Client, user: str, amount: str, status: str = "1") -> str:
@@ -65,7 +68,7 @@ async def test_an_edited_amount_makes_verify_fail_and_name_the_event(
         await conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
     try:
         async with pool.acquire() as conn:
-            report = await verify(conn)
+            report = await verify(conn, KEY, RUNTIME_ROLE)
         assert not report.ok
         assert report.differences[0] == (
             f"event {position} (user {user!r}): its hash does not match its contents"
@@ -76,7 +79,7 @@ async def test_an_edited_amount_makes_verify_fail_and_name_the_event(
             await conn.execute(edit, position, 7)
             await conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
     async with pool.acquire() as conn:
-        assert (await verify(conn)).ok
+        assert (await verify(conn, KEY, RUNTIME_ROLE)).ok
 
 
 class _Rollback(Exception):
@@ -98,14 +101,14 @@ async def test_a_removed_event_breaks_the_chain_of_the_next(
             position = await conn.fetchval(
                 "SELECT position FROM events WHERE provider_ref = $1", last
             )
-            result = await replay(conn, "test")
+            result = await replay(conn, "test", KEY)
             assert result.chain_breaks == [
                 f"event {position} (user {user!r}): does not chain to the previous event"
                 " of its user"
             ]
             raise _Rollback  # undo the deletion
     async with pool.acquire() as conn:
-        assert (await verify(conn)).ok
+        assert (await verify(conn, KEY, RUNTIME_ROLE)).ok
 
 
 async def snapshot(pool: asyncpg.Pool) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
@@ -128,7 +131,6 @@ async def test_rebuild_restores_identical_projections(
     await credit(client, user, "10.50")
     await credit(client, user, "0.25", status="2")
     from service.app import create_app
-    from tests import helpers
 
     settings = helpers.settings(
         database_url,
@@ -159,15 +161,15 @@ async def test_rebuild_restores_identical_projections(
     before = await snapshot(pool)
     await pool.execute("DELETE FROM wallets; DELETE FROM receipt_offers")
     async with pool.acquire() as conn:
-        events, wallets, offers = await rebuild(conn)
+        events, wallets, offers = await rebuild(conn, KEY)
     assert (wallets, offers) == (len(before[0]), len(before[1]))
     assert events >= 5
     assert await snapshot(pool) == before
     async with pool.acquire() as conn:
-        assert (await verify(conn)).ok
+        assert (await verify(conn, KEY, RUNTIME_ROLE)).ok
 
     config = tmp_path / "ledger.toml"
-    config.write_text(f'[database]\nurl = "{database_url}"\n')
+    config.write_text(helpers.database_toml(database_url))
     await pool.execute("UPDATE wallets SET balance = balance + 1")
     done = await asyncio.to_thread(
         subprocess.run,

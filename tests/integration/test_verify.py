@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from service.app import create_app
 from service.db.connection import connect, migrate
+from service.embedded import RUNTIME_ROLE
 from service.verify import Report, verify
 from tests import helpers
 from tests.helpers import AUTH, medioot, unique
@@ -50,7 +50,7 @@ async def some_traffic(client: Client, user: str) -> None:
 
 async def run_verify(pool: asyncpg.Pool) -> Report:
     async with pool.acquire() as conn:
-        return await verify(conn)
+        return await verify(conn, helpers.chain_key(), RUNTIME_ROLE)
 
 
 def naming(report: Report, user: str) -> list[str]:
@@ -69,8 +69,7 @@ async def tampered(
 
 
 def write_config(path: Path, database_url: str, extra: str = "") -> Path:
-    # json.dumps gives a TOML basic string for any URL.
-    path.write_text(f"[database]\nurl = {json.dumps(database_url)}\n{extra}", encoding="utf-8")
+    path.write_text(helpers.database_toml(database_url) + extra, encoding="utf-8")
     return path
 
 
@@ -260,7 +259,7 @@ async def scratch_database_url(admin_dsn: str) -> AsyncIterator[str]:
     finally:
         await conn.close()
     url = _with_database(admin_dsn, name)
-    await migrate(url)
+    await migrate(url, runtime_role=RUNTIME_ROLE)
     try:
         yield url
     finally:
@@ -284,7 +283,7 @@ async def test_verify_agrees_on_amounts_at_full_precision(
 
     conn = await connect(scratch_database_url)
     try:
-        report = await verify(conn)
+        report = await verify(conn, helpers.chain_key(), RUNTIME_ROLE)
         in_events = await conn.fetchval(
             "SELECT sum(amount)::text FROM events WHERE user_id = $1", user
         )
