@@ -148,6 +148,7 @@ async def _examine(
         # One snapshot for the log and the projections: writes that commit meanwhile are in
         # none of them, so a busy service cannot make them look different.
         async with conn.transaction(isolation="repeatable_read", readonly=True):
+            await read.require_schema(conn)
             xmin = await read.snapshot_boundary(conn)
             role = runtime_role or await roles.current_role(conn)
             guards = [

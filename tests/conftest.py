@@ -19,8 +19,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from service.app import create_app
-from service.db.connection import connect, create_pool, migrate
-from service.embedded import RUNTIME_ROLE, EmbeddedPostgres
+from service.db.connection import connect, create_pool
+from service.embedded import EmbeddedPostgres
 from service.settings import Settings
 
 from . import helpers
@@ -48,18 +48,14 @@ def admin_dsn() -> Iterator[str]:
         server.stop()
 
 
-async def _create_database(admin: str, name: str) -> None:
+async def _create_database(admin: str, name: str, *, migrated: bool = True) -> None:
     conn = await connect(admin, wait=10)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    await migrate(
-        with_database(admin, name),
-        runtime_role=RUNTIME_ROLE,
-        create_role=True,
-        password=helpers.RUNTIME_PASSWORD,
-    )
+    if migrated:
+        await helpers.migrate_as_owner(with_database(admin, name))
 
 
 async def _drop_database(admin: str, name: str) -> None:
@@ -80,6 +76,17 @@ def database_url(admin_dsn: str, request: pytest.FixtureRequest) -> Iterator[str
         yield with_database(admin_dsn, name)
     finally:
         asyncio.run(_drop_database(admin_dsn, name))
+
+
+@pytest.fixture
+async def fresh_database_url(admin_dsn: str) -> AsyncIterator[str]:
+    """An empty database (no schema) for one test, so what it leaves cannot upset the others."""
+    name = f"t_fresh_{uuid.uuid4().hex[:12]}"
+    await _create_database(admin_dsn, name, migrated=False)
+    try:
+        yield with_database(admin_dsn, name)
+    finally:
+        await _drop_database(admin_dsn, name)
 
 
 @pytest.fixture

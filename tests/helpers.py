@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from service.db.connection import with_user
+from service.db.connection import migrate, with_user
 from service.domain.chain import ChainKey
 from service.embedded import RUNTIME_ROLE
 from service.settings import Settings, parse
@@ -58,6 +58,18 @@ def chain_key() -> ChainKey:
 def runtime_url(database_url: str) -> str:
     """The same database as the runtime role (which conftest creates and grants)."""
     return with_user(database_url, RUNTIME_ROLE, RUNTIME_PASSWORD)
+
+
+async def verify_log(conn: Any) -> Any:
+    """`service.verify.verify` with the test chain key, checking the test runtime role."""
+    from service.verify import verify
+
+    return await verify(conn, chain_key(), RUNTIME_ROLE)
+
+
+async def migrate_as_owner(url: str) -> None:
+    """schema.sql as the owner `url`, and the runtime role's grants (created if need be)."""
+    await migrate(url, runtime_role=RUNTIME_ROLE, create_role=True, password=RUNTIME_PASSWORD)
 
 
 def database_toml(database_url: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from ..domain.events import Event, EventType
-from . import translated
+from . import Unavailable, translated
 
 _EVENT_COLUMNS = (
     "position, provider, key, type, user_id, amount, provider_ref, test, data, recorded_at, hash"
@@ -137,6 +137,12 @@ async def snapshot_events(
                 txid=int(row["txid"]),
             ),
         )
+
+
+async def require_schema(conn: asyncpg.Connection) -> None:
+    """Refuse, in one line, a database the schema was never applied to (verify does not)."""
+    if await conn.fetchval("SELECT to_regclass('events')") is None:
+        raise Unavailable("this database has no events table: run migrate first")
 
 
 async def snapshot_boundary(conn: asyncpg.Connection) -> int:

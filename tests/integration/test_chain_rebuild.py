@@ -11,10 +11,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from service.embedded import RUNTIME_ROLE
 from service.rebuild import rebuild
 from service.replay import replay
-from service.verify import verify
 from tests import helpers
 from tests.helpers import AUTH, medioot, unique
 
@@ -68,7 +66,7 @@ async def test_an_edited_amount_makes_verify_fail_and_name_the_event(
         await conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
     try:
         async with pool.acquire() as conn:
-            report = await verify(conn, KEY, RUNTIME_ROLE)
+            report = await helpers.verify_log(conn)
         assert not report.ok
         assert report.differences[0] == (
             f"event {position} (user {user!r}): its hash does not match its contents"
@@ -79,7 +77,7 @@ async def test_an_edited_amount_makes_verify_fail_and_name_the_event(
             await conn.execute(edit, position, 7)
             await conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
     async with pool.acquire() as conn:
-        assert (await verify(conn, KEY, RUNTIME_ROLE)).ok
+        assert (await helpers.verify_log(conn)).ok
 
 
 class _Rollback(Exception):
@@ -108,7 +106,7 @@ async def test_a_removed_event_breaks_the_chain_of_the_next(
             ]
             raise _Rollback  # undo the deletion
     async with pool.acquire() as conn:
-        assert (await verify(conn, KEY, RUNTIME_ROLE)).ok
+        assert (await helpers.verify_log(conn)).ok
 
 
 async def snapshot(pool: asyncpg.Pool) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
@@ -166,7 +164,7 @@ async def test_rebuild_restores_identical_projections(
     assert events >= 5
     assert await snapshot(pool) == before
     async with pool.acquire() as conn:
-        assert (await verify(conn, KEY, RUNTIME_ROLE)).ok
+        assert (await helpers.verify_log(conn)).ok
 
     config = tmp_path / "ledger.toml"
     config.write_text(helpers.database_toml(database_url))

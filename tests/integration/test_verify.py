@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -15,9 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from service.app import create_app
-from service.db.connection import connect, migrate
-from service.embedded import RUNTIME_ROLE
-from service.verify import Report, verify
+from service.db.connection import connect
+from service.verify import Report
 from tests import helpers
 from tests.helpers import AUTH, medioot, unique
 
@@ -50,7 +47,7 @@ async def some_traffic(client: Client, user: str) -> None:
 
 async def run_verify(pool: asyncpg.Pool) -> Report:
     async with pool.acquire() as conn:
-        return await verify(conn, helpers.chain_key(), RUNTIME_ROLE)
+        return await helpers.verify_log(conn)
 
 
 def naming(report: Report, user: str) -> list[str]:
@@ -245,29 +242,11 @@ async def test_cli_verify_tampered_exits_1_with_the_differences(
 # --- exactness, in a database of its own --------------------------------------------------------
 
 
-def _with_database(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
-
-
 @pytest.fixture
-async def scratch_database_url(admin_dsn: str) -> AsyncIterator[str]:
-    """A fresh database for one test, so what it leaves behind cannot upset the others."""
-    name = f"t_verify_scratch_{uuid.uuid4().hex[:8]}"
-    conn = await connect(admin_dsn, wait=10)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = _with_database(admin_dsn, name)
-    await migrate(url, runtime_role=RUNTIME_ROLE)
-    try:
-        yield url
-    finally:
-        conn = await connect(admin_dsn, wait=10)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+async def scratch_database_url(fresh_database_url: str) -> str:
+    """A migrated database for one test, so what it leaves behind cannot upset the others."""
+    await helpers.migrate_as_owner(fresh_database_url)
+    return fresh_database_url
 
 
 async def test_verify_agrees_on_amounts_at_full_precision(
@@ -283,7 +262,7 @@ async def test_verify_agrees_on_amounts_at_full_precision(
 
     conn = await connect(scratch_database_url)
     try:
-        report = await verify(conn, helpers.chain_key(), RUNTIME_ROLE)
+        report = await helpers.verify_log(conn)
         in_events = await conn.fetchval(
             "SELECT sum(amount)::text FROM events WHERE user_id = $1", user
         )
