@@ -3,7 +3,8 @@
 
 `database_url` is the owner's (the session's superuser, or TEST_DATABASE_URL's role, which then
 needs CREATEDB and CREATEROLE); the service under test works as the runtime role
-(`helpers.runtime_url`), which may only read and append events, as in production."""
+(`helpers.runtime_url`), which may only read and append events, as in production. On a server of
+TEST_DATABASE_URL that asks for passwords, give that role one (~/.pgpass)."""
 
 from __future__ import annotations
 

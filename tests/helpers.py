@@ -17,8 +17,7 @@ from service.settings import Settings, parse
 
 MEDIOOT_SECRET = "test-medioot-secret"
 CHAIN_KEY = "test-chain-key-0123456789abcdef-0001"
-# The role the service works as in the tests; `database_url` is the owner's (a superuser).
-RUNTIME_PASSWORD = "test-runtime-password"
+
 READ_KEY = "test-read-key-0001"
 NO_SCOPE_KEY = "test-no-scope-key-0001"
 AUTH = {"Authorization": f"Bearer {READ_KEY}"}
@@ -57,7 +56,7 @@ def chain_key() -> ChainKey:
 
 def runtime_url(database_url: str) -> str:
     """The same database as the runtime role (which conftest creates and grants)."""
-    return with_user(database_url, RUNTIME_ROLE, RUNTIME_PASSWORD)
+    return with_user(database_url, RUNTIME_ROLE)
 
 
 async def verify_log(conn: Any) -> Any:
@@ -69,7 +68,7 @@ async def verify_log(conn: Any) -> Any:
 
 async def migrate_as_owner(url: str) -> None:
     """schema.sql as the owner `url`, and the runtime role's grants (created if need be)."""
-    await migrate(url, runtime_role=RUNTIME_ROLE, create_role=True, password=RUNTIME_PASSWORD)
+    await migrate(url, runtime_role=RUNTIME_ROLE, create_role=True)
 
 
 def database_toml(database_url: str) -> str:

@@ -60,12 +60,12 @@ async def create_pool(
     return pool
 
 
-def with_user(dsn: str, user: str, password: str | None = None) -> str:
-    """`dsn` with its user (and password) replaced."""
+def with_user(dsn: str, user: str) -> str:
+    """`dsn` with `user` in place of its user and password (a password, if the role has one,
+    then comes from the environment: PGPASSWORD or ~/.pgpass)."""
     parts = urlsplit(dsn)
     host = parts.netloc.rpartition("@")[2]
-    auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
-    return urlunsplit(parts._replace(netloc=f"{auth}@{host}"))
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}@{host}"))
 
 
 async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
@@ -92,7 +92,6 @@ async def migrate(
     *,
     runtime_role: str | None = None,
     create_role: bool = False,
-    password: str | None = None,
     wait: float = 0.0,
 ) -> list[str]:
     """Apply schema.sql as the owner `dsn` connects as, waiting up to `wait` seconds for the
@@ -105,7 +104,7 @@ async def migrate(
             owner = await roles.current_role(conn)
             runtime = runtime_role or owner
             if create_role and runtime != owner:
-                await roles.ensure_role(conn, runtime, password)
+                await roles.ensure_role(conn, runtime)
         await apply_schema(conn, grant_to=runtime if runtime != owner else None)
         with translated():
             return await roles.runtime_problems(conn, runtime)
@@ -150,6 +149,13 @@ async def connect(
             if time.monotonic() >= deadline:
                 raise
             await asyncio.sleep(0.5)
+        except (
+            asyncpg.InvalidAuthorizationSpecificationError,
+            asyncpg.InvalidCatalogNameError,
+        ) as exc:
+            # A role or database that does not exist (yet: verify does not migrate), a refused
+            # login: waiting will not help, and it is one line, not a traceback.
+            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
 async def ensure_database(admin_dsn: str, name: str) -> None:

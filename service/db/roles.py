@@ -38,13 +38,14 @@ async def current_role(conn: asyncpg.Connection) -> str:
     return role
 
 
-async def ensure_role(conn: asyncpg.Connection, name: str, password: str | None = None) -> None:
-    """Create the login role `name` unless it exists (two processes may race to create it)."""
-    login = "LOGIN" + (f" PASSWORD {_literal(password)}" if password else "")
+async def ensure_role(conn: asyncpg.Connection, name: str) -> None:
+    """Create the login role `name`, without a password, unless it exists (two processes may
+    race to create it). It logs in where the server trusts local connections (the embedded
+    server), or with a password an administrator sets."""
     await conn.execute(
         "DO $$ BEGIN\n"
         f"    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {_literal(name)}) THEN\n"
-        f"        CREATE ROLE {_ident(name)} {login} NOSUPERUSER NOCREATEDB NOCREATEROLE;\n"
+        f"        CREATE ROLE {_ident(name)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;\n"
         "    END IF;\n"
         "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;\n"
         "END $$"
