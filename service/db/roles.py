@@ -102,15 +102,16 @@ def _schema_bodies() -> dict[str, str]:
 
 
 async def trigger_problems(conn: asyncpg.Connection) -> list[str]:
-    """One line for each protecting trigger of the events table that is missing, disabled,
-    changed, or runs a function that differs from schema.sql."""
+    """One line for each protecting trigger of the events table that is missing, disabled or
+    changed, each trigger on it that schema.sql does not define, and each function of
+    schema.sql whose body differs in the database. (Code the owner adds runs in the service's
+    sessions, where it could read the chain key's session setting.)"""
     rows = await conn.fetch(
-        "SELECT t.tgname, t.tgenabled::text AS tgenabled, t.tgtype, p.proname, p.prosrc"
+        "SELECT t.tgname, t.tgenabled::text AS tgenabled, t.tgtype, p.proname"
         " FROM pg_trigger AS t JOIN pg_proc AS p ON p.oid = t.tgfoid"
         " WHERE t.tgrelid = 'events'::regclass AND NOT t.tgisinternal"
     )
     found = {r["tgname"]: r for r in rows}
-    bodies = _schema_bodies()
     problems = []
     for name, (function, tgtype) in TRIGGERS.items():
         row = found.get(name)
@@ -120,6 +121,21 @@ async def trigger_problems(conn: asyncpg.Connection) -> list[str]:
             problems.append(f"events trigger {name} is disabled")
         elif row["proname"] != function or row["tgtype"] != tgtype:
             problems.append(f"events trigger {name} is not the one schema.sql defines")
-        elif row["prosrc"] != bodies.get(function):
-            problems.append(f"events trigger {name}: function {function}() differs from schema.sql")
+    problems += [
+        f"events trigger {name} is not defined by schema.sql" for name in found.keys() - TRIGGERS
+    ]
+    bodies = _schema_bodies()
+    functions = await conn.fetch(
+        "SELECT proname, prosrc FROM pg_proc"
+        " WHERE pronamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'events'::regclass)"
+        " AND proname = ANY($1::text[])",
+        list(bodies),
+    )
+    problems += sorted(
+        {
+            f"function {f['proname']}() differs from schema.sql"
+            for f in functions
+            if f["prosrc"] != bodies[f["proname"]]
+        }
+    )
     return problems

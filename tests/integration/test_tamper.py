@@ -283,8 +283,27 @@ async def test_verify_leaves_a_disabled_trigger_disabled_and_reports_it(
             " LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$",
             "function events_refuse_change() differs from schema.sql",
         ),
+        (
+            # Code of the owner that runs in the service's sessions could read the chain key.
+            "CREATE OR REPLACE FUNCTION event_hmac(prev bytea, e events, pads text)"
+            " RETURNS bytea LANGUAGE sql STABLE AS $$ SELECT sha256(convert_to(pads, 'UTF8')) $$",
+            "function event_hmac() differs from schema.sql",
+        ),
+        (
+            "CREATE TRIGGER events_zz BEFORE INSERT ON events FOR EACH ROW"
+            " EXECUTE FUNCTION events_chain()",
+            "events trigger events_zz is not defined by schema.sql",
+        ),
     ],
-    ids=["grant", "grant-public", "owner", "dropped-trigger", "replaced-function"],
+    ids=[
+        "grant",
+        "grant-public",
+        "owner",
+        "dropped-trigger",
+        "replaced-function",
+        "replaced-hmac",
+        "extra-trigger",
+    ],
 )
 async def test_verify_reports_a_weakened_protection_without_repairing_it(
     ledger: Ledger, change: str, expected: str
@@ -294,6 +313,26 @@ async def test_verify_reports_a_weakened_protection_without_repairing_it(
         code, out, err = await ledger.cli("verify")
         assert code == 1, (out, err)
         assert any(expected in line for line in out.splitlines()), out
+
+
+async def test_without_an_owner_url_start_up_warns_and_verify_fails(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    # As before: `url` migrates and works; here it is the owner (and a superuser) itself.
+    config = tmp_path / "owner-only.toml"
+    save(
+        config,
+        f"[database]\nurl = {json.dumps(ledger.url)}\n"
+        f"[integrity]\nchain_key = {json.dumps(helpers.CHAIN_KEY)}\n",
+    )
+    code, out, err = await ledger.cli("migrate", config=config)
+    assert code == 0, (out, err)
+    warnings = [json.loads(line) for line in err.splitlines() if "tamper evidence" in line]
+    assert any("owner_url is not set" in w["event"] for w in warnings), err
+    assert any("is a superuser" in w.get("problem", "") for w in warnings), err
+    code, out, err = await ledger.cli("verify", config=config)
+    assert code == 1, (out, err)
+    assert "is a superuser" in out.splitlines()[0]
 
 
 async def test_verify_does_not_apply_the_schema(fresh_database_url: str, tmp_path: Path) -> None:
