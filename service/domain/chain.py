@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
-import json
+
+import msgspec
 
 UNKEYED = 0
 KEYED = 1
@@ -39,7 +40,7 @@ class ChainKey:
         return inner.hex() + outer.hex()
 
     def mac(self, message: bytes) -> bytes:
-        return hmac.new(self._key, message, hashlib.sha256).digest()
+        return hmac.digest(self._key, message, "sha256")
 
     def derive(self, purpose: str) -> ChainKey:
         """A key of its own for another use (checkpoints), so no value can pass for another."""
@@ -48,10 +49,9 @@ class ChainKey:
         return derived
 
 
-def _text(value: str) -> str:
-    # PostgreSQL's jsonb prints a string as JSON with only ", \ and control characters escaped,
-    # as json.dumps does with ensure_ascii off.
-    return json.dumps(value, ensure_ascii=False)
+# PostgreSQL's jsonb prints a string as JSON with only ", \ and control characters escaped
+# (\b \f \n \r \t, else \u00xx), as msgspec does; a test checks every character.
+_text = msgspec.json.encode
 
 
 def message(
@@ -71,20 +71,20 @@ def message(
     """The bytes the database's `event_message` hashes: the previous hash, then the jsonb text of
     the array of fields. `amount_text` and `data_text` are the database's own text of the
     numeric and the jsonb (`amount::text`, `data::text`), which jsonb embeds unchanged."""
-    when = recorded_at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    when = recorded_at.astimezone(datetime.UTC).isoformat(timespec="microseconds")[:-6] + "Z"
     fields = (
-        str(position),
+        str(position).encode(),
         _text(provider),
         _text(key),
         _text(type),
         _text(user_id),
-        amount_text,
+        amount_text.encode(),
         _text(provider_ref),
-        "true" if test else "false",
-        data_text,
+        b"true" if test else b"false",
+        data_text.encode(),
         _text(when),
     )
-    return (prev or b"") + ("[" + ", ".join(fields) + "]").encode("utf-8")
+    return (prev or b"") + b"[" + b", ".join(fields) + b"]"
 
 
 def expected_hash(chain: int, body: bytes, key: ChainKey) -> bytes | None:

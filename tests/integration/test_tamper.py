@@ -193,7 +193,7 @@ async def test_new_events_are_keyed_with_the_configured_key(
         "INSERT INTO events (provider, key, type, user_id, amount, provider_ref, data)"
         " VALUES ('medioot', $1, 'credited', $2, 1.50, 'r', $3)",
         key,
-        'odd "user" \u00e9\U0001f600\n\t\\',
+        "".join(map(chr, range(1, 128))) + '"user" \u00e9\u2028\U0001f600',
         {"nested": {"b": 1.5, "a": [1, "two"], "ab": None}, "\u00e9": "\x01"},
     )
     row = await pool.fetchrow(

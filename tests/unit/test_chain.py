@@ -65,6 +65,26 @@ def test_the_message_is_the_jsonb_text_of_the_fields() -> None:
     )
 
 
+def test_every_character_is_escaped_as_postgresql_escapes_it() -> None:
+    # PostgreSQL's escape_json: \" \\ \b \f \n \r \t, other characters below 0x20 as \u00xx,
+    # everything else as it is.
+    short = {
+        '"': '\\"',
+        "\\": "\\\\",
+        "\b": "\\b",
+        "\f": "\\f",
+        "\n": "\\n",
+        "\r": "\\r",
+        "\t": "\\t",
+    }
+    for code in range(0x110000):
+        if 0xD800 <= code <= 0xDFFF:
+            continue
+        c = chr(code)
+        escaped = short.get(c) or (f"\\u{code:04x}" if code < 0x20 else c)
+        assert chain._text(c) == f'"{escaped}"'.encode(), hex(code)
+
+
 def test_each_chain_version_has_its_hash() -> None:
     key = ChainKey(KEY)
     assert chain.expected_hash(chain.UNKEYED, b"m", key) == hashlib.sha256(b"m").digest()
