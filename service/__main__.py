@@ -172,7 +172,8 @@ async def _checkpoint(settings: Settings, args: argparse.Namespace) -> int:
             await conn.close()
     if not report.ok:
         _print_report(report, file=sys.stderr)
-        print("checkpoint: refused: the log does not verify", file=sys.stderr)
+    if checkpoint is None:
+        print("checkpoint: refused: a hash chain is broken", file=sys.stderr)
         return 1
     print(encode(checkpoint).decode())
     print(

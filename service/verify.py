@@ -126,10 +126,13 @@ async def verify(
 
 async def take_checkpoint(
     conn: asyncpg.Connection, key: ChainKey, runtime_role: str | None = None
-) -> tuple[Report, Checkpoint]:
+) -> tuple[Report, Checkpoint | None]:
     """Verify, and sign the chain heads of every event of a transaction below this snapshot's
-    xmin. The checkpoint vouches for the log only when the report is ok."""
+    xmin; no checkpoint when a chain is broken (it would vouch for a log that is not intact).
+    Other differences (projections, protections) do not touch history: the report has them."""
     report, result, xmin = await _examine(conn, key, runtime_role, None)
+    if result.chain_breaks:
+        return report, None
     checkpoint = Checkpoint(
         format=FORMAT,
         taken_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

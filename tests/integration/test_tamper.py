@@ -467,7 +467,22 @@ async def test_a_file_that_is_not_a_checkpoint_is_refused(
     assert "Traceback" not in err
 
 
-async def test_checkpoint_refuses_a_log_that_does_not_verify(ledger: Ledger) -> None:
+async def test_a_checkpoint_is_taken_beside_differences_that_leave_history_intact(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    await ledger.owner.execute("UPDATE wallets SET balance = balance + 1")
+    await ledger.owner.execute("ALTER TABLE events DISABLE TRIGGER events_no_truncate")
+    code, out, err = await ledger.cli("checkpoint")
+    assert code == 0, (out, err)
+    assert "balance" in err and "events_no_truncate is disabled" in err
+    save(tmp_path / "checkpoint.json", out)
+    await ledger.owner.execute("UPDATE wallets SET balance = balance - 1")
+    await ledger.owner.execute("ALTER TABLE events ENABLE TRIGGER events_no_truncate")
+    code, out, err = await ledger.cli("verify", "--checkpoint", str(tmp_path / "checkpoint.json"))
+    assert code == 0, (out, err)
+
+
+async def test_checkpoint_refuses_a_log_with_a_broken_chain(ledger: Ledger) -> None:
     user = unique()
     position = await ledger.credit(user, "2")
     await rewrite(ledger.owner, position, "200", SHA256_AS_KEYED)
