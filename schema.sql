@@ -17,9 +17,12 @@ CREATE TABLE IF NOT EXISTS events (
     -- The writing transaction: the feed orders by it (see read.feed for why).
     txid          xid8        NOT NULL DEFAULT pg_current_xact_id(),
     -- Tamper evidence: each event's hash covers its contents and the hash of the previous
-    -- event of the same user (events_chain below).
+    -- event of the same user (events_chain below). `chain` says how `hash` was made:
+    -- 0 plain sha256 (events written before the chain key existed), 1 HMAC-SHA256 with the
+    -- chain key.
     prev_hash     bytea,
     hash          bytea       NOT NULL,
+    chain         smallint    NOT NULL DEFAULT 0,
     -- Idempotency lives here: a retried postback cannot insert a second row.
     CONSTRAINT events_provider_key_unique UNIQUE (provider, key),
     CONSTRAINT events_type_known CHECK (type IN ('credited', 'reversed', 'receipt_status_changed')),
@@ -31,30 +34,59 @@ CREATE TABLE IF NOT EXISTS events (
 ALTER TABLE events ADD COLUMN IF NOT EXISTS txid xid8 NOT NULL DEFAULT pg_current_xact_id();
 ALTER TABLE events ADD COLUMN IF NOT EXISTS prev_hash bytea;
 ALTER TABLE events ADD COLUMN IF NOT EXISTS hash bytea;
+-- Events written before the chain key existed keep their plain sha256 (chain 0) and still verify.
+ALTER TABLE events ADD COLUMN IF NOT EXISTS chain smallint NOT NULL DEFAULT 0;
 
 CREATE INDEX IF NOT EXISTS events_user_position ON events (user_id, position);
 CREATE INDEX IF NOT EXISTS events_feed ON events (txid, position);
 
--- The hashed form of an event: a JSON array of every field, so no separator can be moved
--- between two fields to make different events hash alike. jsonb keeps a numeric's scale
--- ("10.50" stays 10.50) and prints the same value the same way every time.
-CREATE OR REPLACE FUNCTION event_hash(prev bytea, e events) RETURNS bytea
+-- The hashed form of an event: the previous hash of its user, then a JSON array of every
+-- field, so no separator can be moved between two fields to make different events hash alike.
+-- jsonb keeps a numeric's scale ("10.50" stays 10.50) and prints the same value the same way
+-- every time. `verify` rebuilds these bytes itself (service/domain/chain.py) rather than trust
+-- this function, which the table's owner could replace.
+CREATE OR REPLACE FUNCTION event_message(prev bytea, e events) RETURNS bytea
 LANGUAGE sql STABLE AS $$
-    SELECT sha256(coalesce(prev, ''::bytea) || convert_to(jsonb_build_array(
+    SELECT coalesce(prev, ''::bytea) || convert_to(jsonb_build_array(
         e.position, e.provider, e.key, e.type, e.user_id, e.amount, e.provider_ref, e.test,
         e.data, to_char(e.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-    )::text, 'UTF8'))
+    )::text, 'UTF8')
 $$;
 
--- Chains each new event to the previous event of its user. The write path holds the user's
--- lock while it inserts, so "previous" cannot change underneath; rows inserted earlier by the
--- same statement are visible here, and rows that ON CONFLICT skips are never chained.
+-- Chain 0, the unkeyed hash of events written before the chain key existed.
+CREATE OR REPLACE FUNCTION event_hash(prev bytea, e events) RETURNS bytea
+LANGUAGE sql STABLE AS $$
+    SELECT sha256(event_message(prev, e))
+$$;
+
+-- Chain 1: HMAC-SHA256 with the chain key, from two sha256 calls (no extension needed).
+-- `pads` is the hex of the key's inner then outer HMAC pad (64 bytes each), which the service
+-- sends as the session setting ledger.chain_pads when it connects; the key is never stored.
+CREATE OR REPLACE FUNCTION event_hmac(prev bytea, e events, pads text) RETURNS bytea
+LANGUAGE sql STABLE AS $$
+    SELECT sha256(decode(substr(pads, 129, 128), 'hex')
+                  || sha256(decode(substr(pads, 1, 128), 'hex') || event_message(prev, e)))
+$$;
+
+-- Chains each new event to the previous event of its user, keyed. The write path holds the
+-- user's lock while it inserts, so "previous" cannot change underneath; rows inserted earlier
+-- by the same statement are visible here, and rows that ON CONFLICT skips are never chained.
+-- A connection without the chain key cannot insert. `txid` is always the writing transaction,
+-- so no insert can place itself before a checkpoint's boundary.
 CREATE OR REPLACE FUNCTION events_chain() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    pads text := current_setting('ledger.chain_pads', true);
 BEGIN
+    IF pads IS NULL OR length(pads) <> 256 THEN
+        RAISE EXCEPTION 'events: this connection has no chain key (session setting ledger.chain_pads)'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    NEW.txid := pg_current_xact_id();
     SELECT hash INTO NEW.prev_hash FROM events
     WHERE user_id = NEW.user_id ORDER BY position DESC LIMIT 1;
-    NEW.hash := event_hash(NEW.prev_hash, NEW);
+    NEW.chain := 1;
+    NEW.hash := event_hmac(NEW.prev_hash, NEW, pads);
     RETURN NEW;
 END;
 $$;

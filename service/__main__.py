@@ -1,4 +1,4 @@
-"""Command line: serve, migrate, verify (CONTRACT 1)."""
+"""Command line: serve, migrate, verify, rebuild, checkpoint."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import asyncio
 import os
 import socket
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from . import logs
 from .db import Unavailable, connection
+from .domain.chain import ChainKey
+from .domain.checkpoint import Checkpoint, CheckpointError
 from .embedded import EmbeddedError
 from .settings import ConfigError, Settings, load
+from .text import one_line
 
 if TYPE_CHECKING:
     from .verify import Report
@@ -31,9 +34,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     commands.add_parser("migrate", help="apply schema.sql (safe to repeat)")
-    commands.add_parser("verify", help="recompute projections from the event log and compare")
+    verify = commands.add_parser(
+        "verify", help="check the event log, its protections and its projections (read-only)"
+    )
+    verify.add_argument(
+        "--checkpoint", metavar="FILE", help="also prove nothing before this checkpoint changed"
+    )
     commands.add_parser(
         "rebuild", help="recompute every projection from the event log, then verify"
+    )
+    commands.add_parser(
+        "checkpoint", help="verify, then print a signed digest of every chain head (keep it away)"
     )
     for command in commands.choices.values():
         command.add_argument("--config", help="TOML file (default: $LEDGER_CONFIG)")
@@ -56,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             if args.workers < 1:
                 raise ConfigError("--workers must be at least 1")
+            settings.chain_key()
             if args.workers > 1:
                 from .supervisor import supervise
 
@@ -65,9 +77,13 @@ def main(argv: list[str] | None = None) -> int:
                 _check_ports(settings, port)
                 return supervise(settings, config, host, port, args.workers)
             return _serve(settings, args.host, args.port, reuse_port=args.worker)
-        return asyncio.run(_COMMANDS[args.command](settings))
+        return asyncio.run(_COMMANDS[args.command](settings, args))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except CheckpointError as exc:
+        where = getattr(args, "checkpoint", "")
+        print(f"error: checkpoint {where}: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     except (Unavailable, EmbeddedError) as exc:
         print(f"error: database: {exc}", file=sys.stderr)
@@ -106,7 +122,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, reuse_port: b
             sockets.append(_listen(internal.host, internal.port, reuse_port=reuse_port))
         where = f"{host}:{port}"
         web.run_app(
-            create_app(settings),
+            create_app(settings, migrate=not reuse_port),  # a worker: its supervisor migrated
             loop=new_event_loop(),
             host=host,
             port=port,
@@ -142,7 +158,7 @@ def _listen(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     return socket.create_server((host, port), family=family, reuse_port=reuse_port, backlog=128)
 
 
-async def _migrate(settings: Settings) -> int:
+async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from .app import database
 
     async with database(settings):
@@ -151,43 +167,92 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
-async def _verify(settings: Settings) -> int:
+def _checkpoint_file(path: str, key: ChainKey) -> Checkpoint:
+    from .domain.checkpoint import decode
+
+    try:
+        with open(path, "rb") as file:
+            checkpoint = decode(file.read())
+    except OSError as exc:
+        raise CheckpointError(f"cannot be read: {exc.strerror or exc}") from None
+    checkpoint.check(key)
+    return checkpoint
+
+
+async def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from .app import database
     from .verify import verify
 
-    async with database(settings) as dsn:
-        conn = await connection.connect(dsn)
+    key = ChainKey(settings.chain_key())
+    checkpoint = _checkpoint_file(args.checkpoint, key) if args.checkpoint else None
+    # Read-only: no migration (which would also switch a disabled trigger back on and hide it).
+    async with database(settings, migrate=False) as dsns:
+        conn = await connection.connect(dsns.runtime, server_settings=connection.READ_ONLY)
         try:
-            report = await verify(conn)
+            report = await verify(conn, key, checkpoint=checkpoint)
         finally:
             await conn.close()
     return _print_report(report)
 
 
-async def _rebuild(settings: Settings) -> int:
+async def _checkpoint(settings: Settings, args: argparse.Namespace) -> int:
+    from .app import database
+    from .domain.checkpoint import encode
+    from .verify import take_checkpoint
+
+    key = ChainKey(settings.chain_key())
+    async with database(settings, migrate=False) as dsns:
+        conn = await connection.connect(dsns.runtime, server_settings=connection.READ_ONLY)
+        try:
+            report, checkpoint = await take_checkpoint(conn, key)
+        finally:
+            await conn.close()
+    if not report.ok:
+        _print_report(report, file=sys.stderr)
+    if checkpoint is None:
+        print("checkpoint: refused: a hash chain is broken", file=sys.stderr)
+        return 1
+    print(encode(checkpoint).decode())
+    print(
+        f"checkpoint: {checkpoint.events} events of {checkpoint.users} users, signed",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _rebuild(settings: Settings, args: argparse.Namespace) -> int:
     from .app import database
     from .rebuild import rebuild
     from .verify import verify
 
-    async with database(settings) as dsn:
-        conn = await connection.connect(dsn)
+    key = ChainKey(settings.chain_key())
+    # As the owner: rebuild empties the projections, which the runtime role may not do.
+    async with database(settings) as dsns:
+        role = await connection.role_of(dsns.runtime)
+        conn = await connection.connect(dsns.owner)
         try:
-            events, wallets, offers = await rebuild(conn)
+            events, wallets, offers = await rebuild(conn, key)
             print(f"rebuild: {wallets} wallets and {offers} receipt offers from {events} events")
-            report = await verify(conn)
+            report = await verify(conn, key, runtime_role=role)
         finally:
             await conn.close()
     return _print_report(report)
 
 
-def _print_report(report: Report) -> int:
+def _print_report(report: Report, file: TextIO | None = None) -> int:
+    file = file or sys.stdout
     for line in report.differences:
-        print(line)
-    print(report.summary())
+        print(line, file=file)
+    print(report.summary(), file=file)
     return 0 if report.ok else 1
 
 
-_COMMANDS = {"migrate": _migrate, "verify": _verify, "rebuild": _rebuild}
+_COMMANDS = {
+    "migrate": _migrate,
+    "verify": _verify,
+    "rebuild": _rebuild,
+    "checkpoint": _checkpoint,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

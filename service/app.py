@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from . import keys, metrics
 from .db import connection
-from .embedded import DATABASE, EmbeddedPostgres
+from .domain.chain import ChainKey
+from .embedded import DATABASE, RUNTIME_ROLE, EmbeddedPostgres
 from .feed import FeedSignal
 from .logs import log
 from .settings import Settings
@@ -36,28 +38,64 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+@dataclass(frozen=True)
+class Dsns:
+    """Where the service connects. `runtime`: the pool, the writer, the feed, verify and
+    checkpoint. `owner`: migrations, grants and rebuild; the same as `runtime` when no owner is
+    configured (then the runtime role owns the tables, and can rewrite them)."""
+
+    runtime: str
+    owner: str
+
+
 @contextlib.asynccontextmanager
-async def database(settings: Settings, *, wait: float = 30.0) -> AsyncIterator[str]:
-    """The DSN of a migrated database: `database.url`, or the embedded server started here."""
-    embedded = None
-    if settings.database.url:
-        dsn = settings.database.url
+async def database(
+    settings: Settings, *, wait: float = 30.0, migrate: bool = True
+) -> AsyncIterator[Dsns]:
+    """`database.url` (and `owner_url`), or the embedded server started here, with its
+    superuser as the owner and `RUNTIME_ROLE` as the runtime role. With `migrate`, schema.sql is
+    applied as the owner and the runtime role given its grants; without, nothing is changed."""
+    embedded, admin_dsn = None, ""
+    db = settings.database
+    if db.url:
+        dsns = Dsns(runtime=db.url, owner=db.owner_url or db.url)
     else:
-        embedded = EmbeddedPostgres(settings.database.data_dir)
+        embedded = EmbeddedPostgres(db.data_dir)
         admin_dsn = await asyncio.to_thread(embedded.start)
         log.info("embedded postgresql started", data_dir=str(embedded.data_dir))
-        await connection.ensure_database(admin_dsn, DATABASE)
-        dsn = embedded.dsn(DATABASE)
+        owner = embedded.dsn(DATABASE)
+        dsns = Dsns(runtime=connection.with_user(owner, RUNTIME_ROLE), owner=owner)
     try:
-        await connection.migrate(dsn, wait=wait)
-        yield dsn
+        if migrate:
+            if embedded is not None:
+                await connection.ensure_database(admin_dsn, DATABASE)
+            await _migrate(dsns, embedded=embedded is not None, wait=wait)
+        yield dsns
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
             log.info("embedded postgresql released", data_dir=str(embedded.data_dir))
 
 
-def create_app(settings: Settings) -> web.Application:
+async def _migrate(dsns: Dsns, *, embedded: bool, wait: float) -> None:
+    if dsns.owner == dsns.runtime:
+        log.warning(
+            "tamper evidence does not hold against the runtime role: database.owner_url is not"
+            " set, so the service works as the role that owns the tables"
+        )
+        problems = await connection.migrate(dsns.owner, wait=wait)
+    else:
+        role = RUNTIME_ROLE if embedded else await connection.role_of(dsns.runtime, wait=wait)
+        problems = await connection.migrate(
+            dsns.owner, runtime_role=role, create_role=embedded, wait=wait
+        )
+    for problem in problems:
+        log.warning("tamper evidence does not hold against the runtime role", problem=problem)
+
+
+def create_app(settings: Settings, *, migrate: bool = True) -> web.Application:
+    """The service; `migrate=False` for a worker whose supervisor has migrated already."""
+    settings.chain_key()  # refuse to start without one
     internal = settings.server.internal
     # The listener gate goes right after the request context, so its 404 is logged and carries
     # a request id like any other, and before authentication, so that an API path on the walls'
@@ -73,6 +111,7 @@ def create_app(settings: Settings) -> web.Application:
         ],
     )
     app[keys.SETTINGS] = settings
+    app[keys.MIGRATE] = migrate
     app[keys.WALLS] = Walls.from_settings(settings)
     app[keys.API_KEYS] = ApiKeys(settings.api_keys)
     metrics.initialise(p.name for p in settings.providers)
@@ -97,9 +136,13 @@ async def _probe(app: web.Application) -> None:
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     db = settings.database
-    async with database(settings) as dsn:
+    async with database(settings, migrate=app[keys.MIGRATE]) as dsns:
         pool = await connection.create_pool(
-            dsn, min_size=db.pool_min_size, max_size=db.pool_max_size, wait_limit=db.timeout
+            dsns.runtime,
+            min_size=db.pool_min_size,
+            max_size=db.pool_max_size,
+            wait_limit=db.timeout,
+            chain_key=ChainKey(settings.chain_key()),
         )
         app[keys.POOL] = pool
         w = settings.writer
@@ -122,7 +165,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         )
         app[keys.REFUSALS] = refusals
         refusals.start()
-        app[keys.FEED] = FeedSignal(dsn, pool)
+        app[keys.FEED] = FeedSignal(dsns.runtime, pool)
         app[keys.FEED].start()
         probe = asyncio.create_task(_probe(app))
         try:

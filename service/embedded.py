@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 DATABASE = "ledger"
+# The role the service works as on the embedded server. The superuser owns the tables and
+# applies the schema; this role may only read and append events (see the README, "Tamper
+# evidence"). The server trusts every local connection on its socket, so it has no password.
+RUNTIME_ROLE = "ledger_app"
 
 
 class EmbeddedError(Exception):

@@ -13,6 +13,7 @@ from .web.walls import Walls
 from .writer import Writer
 
 SETTINGS = web.AppKey("settings", Settings)
+MIGRATE = web.AppKey("migrate", bool)  # whether start-up applies the schema
 POOL = web.AppKey("pool", asyncpg.Pool)
 WRITER = web.AppKey("writer", Writer)
 # Refused postbacks' log rows: a writer of their own (see web/postbacks.py).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from .db import translated
+from .domain.chain import ChainKey
 from .replay import replay
 
 # Every projection, in the order the write path first touches them inside its transaction
@@ -48,7 +49,7 @@ _COPY_SETTLEMENTS = (
 )
 
 
-async def rebuild(conn: asyncpg.Connection) -> tuple[int, int, int]:
+async def rebuild(conn: asyncpg.Connection, key: ChainKey) -> tuple[int, int, int]:
     """Replace the projections with a replay of the log; (events, wallets, offers)."""
     with translated():
         async with conn.transaction():
@@ -58,7 +59,7 @@ async def rebuild(conn: asyncpg.Connection) -> tuple[int, int, int]:
             # PostgreSQL takes the locks of one LOCK TABLE in the order the tables are listed.
             await conn.execute(f"LOCK TABLE {', '.join(PROJECTIONS)} IN ACCESS EXCLUSIVE MODE")
             await conn.execute(f"TRUNCATE {', '.join(PROJECTIONS)}")
-            result = await replay(conn, "rebuild")
+            result = await replay(conn, "rebuild", key)
             await conn.copy_records_to_table(
                 "wallets",
                 columns=_COPY_WALLETS,

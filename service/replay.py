@@ -1,21 +1,26 @@
 """Replay the event log: fold every event into wallets, settlements and receipt offers with the
-pure domain code, and check every event's hash and its link to the previous event of its user.
-`verify` compares the result with the projections; `rebuild` writes it in their place."""
+pure domain code, and check every event's hash (recomputed here, with the chain key) and its link
+to the previous event of its user. `verify` compares the result with the projections; `rebuild`
+writes it in their place; checkpoints take the chain heads it collects."""
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from .db import read
-from .domain import receipt_offers, settlement, wallet
+from .domain import chain, receipt_offers, settlement, wallet
+from .domain.chain import ChainKey
+from .domain.events import Event
 from .progress import Progress
 
 
 @dataclass
 class Replay:
     events: int = 0
+    unkeyed: int = 0  # events hashed before the chain key existed (chain 0)
     wallets: dict[str, wallet.Wallet] = field(default_factory=dict)
     wallet_last: dict[str, int] = field(default_factory=dict)
     offers: dict[tuple[str, str], receipt_offers.ReceiptOffer] = field(default_factory=dict)
@@ -23,16 +28,39 @@ class Replay:
     settlements: dict[tuple[str, str], settlement.Settlement] = field(default_factory=dict)
     settlement_last: dict[tuple[str, str], int] = field(default_factory=dict)
     chain_breaks: list[str] = field(default_factory=list)
+    # With a boundary: each user's chain head (hex) among the events of transactions below it.
+    heads: dict[str, str] = field(default_factory=dict)
+    head_events: int = 0
 
 
-async def replay(conn: asyncpg.Connection, label: str) -> Replay:
-    """Call inside a transaction that sees a stable log (repeatable read, or writers locked)."""
+def _message(event: Event, c: read.Chained) -> bytes:
+    return chain.message(
+        c.prev_hash,
+        position=event.position,
+        provider=event.provider,
+        key=event.key,
+        type=event.type.value,
+        user_id=event.user_id,
+        amount_text=c.amount_text,
+        provider_ref=event.provider_ref,
+        test=event.test,
+        data_text=c.data_text,
+        recorded_at=event.recorded_at,
+    )
+
+
+async def replay(
+    conn: asyncpg.Connection, label: str, key: ChainKey, boundary: int | None = None
+) -> Replay:
+    """Call inside a transaction that sees a stable log (repeatable read, or writers locked).
+    With `boundary`, also collect the chain heads of the events of transactions below it."""
     result = Replay()
     empty, no_offer = wallet.Wallet(), receipt_offers.ReceiptOffer()
-    heads: dict[str, str] = {}  # user -> hash of the user's latest event
+    heads: dict[str, bytes | None] = {}  # user -> hash of the user's latest event
     broken: set[str] = set()
+    first_keyed: int | None = None
     progress = Progress(label, await read.log_size(conn))
-    async for event, prev_hash, hash_ok in read.snapshot_events(conn):
+    async for event, c in read.snapshot_events(conn):
         user = event.user_id
         movement = settlement.move(result.settlements, event)
         result.wallets[user] = wallet.apply(result.wallets.get(user, empty), movement)
@@ -46,27 +74,40 @@ async def replay(conn: asyncpg.Connection, label: str) -> Replay:
                 result.offers.get(offer, no_offer), event
             )
             result.offer_last[offer] = event.position
+        if c.chain == chain.UNKEYED:
+            result.unkeyed += 1
+        elif first_keyed is None:
+            first_keyed = event.position
         if user not in broken:
             # Only the first break of each user's chain is named: later events chain to it.
-            if not event.hash:
+            problem = _chain_problem(event, c, key, heads.get(user), first_keyed)
+            if problem:
                 broken.add(user)
-                result.chain_breaks.append(
-                    f"event {event.position} (user {user!r}): has no hash (written before"
-                    " hash chains existed)"
-                )
-            elif not hash_ok:
-                broken.add(user)
-                result.chain_breaks.append(
-                    f"event {event.position} (user {user!r}): its hash does not match its contents"
-                )
-            elif prev_hash != heads.get(user):
-                broken.add(user)
-                result.chain_breaks.append(
-                    f"event {event.position} (user {user!r}): does not chain to the previous"
-                    " event of its user"
-                )
-        heads[user] = event.hash
+                result.chain_breaks.append(f"event {event.position} (user {user!r}): {problem}")
+        heads[user] = c.hash
+        if boundary is not None and c.txid < boundary:
+            result.heads[user] = c.hash.hex() if c.hash else ""
+            result.head_events += 1
         result.events += 1
         progress.advance()
     progress.done()
     return result
+
+
+def _chain_problem(
+    event: Event, c: read.Chained, key: ChainKey, head: bytes | None, first_keyed: int | None
+) -> str:
+    if c.hash is None:
+        return "has no hash (written before hash chains existed)"
+    if c.chain == chain.UNKEYED and first_keyed is not None:
+        # Once the chain key is in use, every new event is keyed: an unkeyed one after that was
+        # written by someone without the key.
+        return f"has an unkeyed hash, but keyed hashes began at event {first_keyed}"
+    expected = chain.expected_hash(c.chain, _message(event, c), key)
+    if expected is None:
+        return f"has an unknown chain version {c.chain}"
+    if not hmac.compare_digest(expected, c.hash):
+        return "its hash does not match its contents"
+    if c.prev_hash != head:
+        return "does not chain to the previous event of its user"
+    return ""

@@ -59,7 +59,10 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class Database(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # `url` is the runtime role the service works as; `owner_url`, when set, the role that owns
+    # the tables, used only for migrations, grants and rebuild.
     url: str = ""
+    owner_url: str = ""
     data_dir: str = ".data/postgres"
     pool_min_size: int = 1
     pool_max_size: int = 10
@@ -79,6 +82,14 @@ class Writer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # one batch at a time, so that a flood of them cannot delay an authenticated postback. Past
     # this many waiting, a refusal is answered without its postback-log row (counted).
     refusal_queue: int = 1000
+
+
+class Integrity(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # The key of the events' HMAC chain and of checkpoints; never stored in the database.
+    chain_key: str = ""
+
+
+CHAIN_KEY_MIN = 32
 
 
 class Provider(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -106,8 +117,18 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     server: Server = Server()
     database: Database = Database()
     writer: Writer = Writer()
+    integrity: Integrity = Integrity()
     providers: list[Provider] = []
     api_keys: list[ApiKey] = []
+
+    def chain_key(self) -> str:
+        """The chain key, which serve, verify, rebuild and checkpoint cannot work without."""
+        if not self.integrity.chain_key:
+            raise ConfigError(
+                "config: integrity.chain_key: not set; serve, verify, rebuild and checkpoint"
+                f" need it (at least {CHAIN_KEY_MIN} characters)"
+            )
+        return self.integrity.chain_key
 
     def provider(self, name: str) -> Provider | None:
         for provider in self.providers:
@@ -159,7 +180,7 @@ def _lookup(name: str, environ: Mapping[str, str], where: str) -> str:
         raise ConfigError(f"config: {where}: '${{{name}}}' is not a valid variable name")
     if name in environ:
         return environ[name]
-    if where == "database.url":
+    if where in ("database.url", "database.owner_url"):
         return ""
     raise ConfigError(f"config: {where}: environment variable {name} is not set")
 
@@ -199,6 +220,16 @@ def _validate(settings: Settings) -> None:
         )
     if database.timeout <= 0:
         raise ConfigError("config: database.timeout: must be a positive number of seconds")
+    if database.owner_url and not database.url:
+        raise ConfigError(
+            "config: database.owner_url: needs database.url (the embedded server makes its own"
+            " runtime role)"
+        )
+    key = settings.integrity.chain_key
+    if key and len(key) < CHAIN_KEY_MIN:
+        raise ConfigError(
+            f"config: integrity.chain_key: must be at least {CHAIN_KEY_MIN} characters"
+        )
 
     writer = settings.writer
     if not 0 <= writer.batch_window_ms <= 1000:

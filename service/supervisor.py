@@ -34,8 +34,9 @@ def supervise(settings: Settings, config: str, host: str, port: int, workers: in
     metrics_dir = Path(tempfile.mkdtemp(prefix="ledger-metrics-"))
     loop = asyncio.new_event_loop()
     resource = database(settings)
-    dsn = loop.run_until_complete(resource.__aenter__())
-    env = {**os.environ, "DATABASE_URL": dsn, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    # The supervisor migrates; its workers work as the runtime role and do not migrate again.
+    dsns = loop.run_until_complete(resource.__aenter__())
+    env = {**os.environ, "DATABASE_URL": dsns.runtime, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     command = [
         sys.executable,
         "-m",

@@ -1,8 +1,11 @@
 """`verify`: recompute every projection (wallets, receipt offers, settlements) from the event log
-and compare it with what the database holds."""
+and compare it with what the database holds; check every hash chain, the triggers that protect
+the log and what the runtime role may do to it; with a checkpoint, that nothing recorded before
+it was rewritten. Read-only throughout."""
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -10,10 +13,12 @@ from typing import Any
 
 import asyncpg
 
-from .db import read, translated
+from .db import read, roles, translated
 from .domain import receipt_offers, settlement, wallet
 from .domain.amounts import format_amount
-from .replay import replay
+from .domain.chain import ChainKey
+from .domain.checkpoint import FORMAT, Checkpoint, heads_digest
+from .replay import Replay, replay
 
 _FIELDS = ("balance", "total_credited", "total_reversed", "event_count")
 
@@ -24,6 +29,7 @@ class Report:
     wallets: int = 0
     offers: int = 0
     differences: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # said in the summary, not differences
 
     @property
     def ok(self) -> bool:
@@ -31,11 +37,12 @@ class Report:
 
     def summary(self) -> str:
         counts = f"{self.wallets} wallets and {self.offers} receipt offers"
+        notes = "".join(f"; {note}" for note in self.notes)
         if self.ok:
-            return f"verify: ok: {counts} agree with {self.events} events"
+            return f"verify: ok: {counts} agree with {self.events} events{notes}"
         return (
             f"verify: FAILED: {len(self.differences)} differences between {counts}"
-            f" and {self.events} events"
+            f" and {self.events} events{notes}"
         )
 
 
@@ -126,23 +133,94 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-async def verify(conn: asyncpg.Connection) -> Report:
+async def verify(
+    conn: asyncpg.Connection,
+    key: ChainKey,
+    runtime_role: str | None = None,
+    checkpoint: Checkpoint | None = None,
+) -> Report:
+    """Check everything (see the module); `runtime_role` defaults to the connection's own role.
+    With `checkpoint` (already checked against the key), also compare its chain heads."""
+    boundary = None if checkpoint is None else checkpoint.boundary
+    report, result, xmin = await _examine(conn, key, runtime_role, boundary)
+    if checkpoint is not None:
+        report.differences += _against(checkpoint, result, xmin)
+        if report.ok:
+            report.notes.append(
+                f"the checkpoint of {checkpoint.taken_at} matches ({checkpoint.events} events)"
+            )
+    return report
+
+
+async def take_checkpoint(
+    conn: asyncpg.Connection, key: ChainKey, runtime_role: str | None = None
+) -> tuple[Report, Checkpoint | None]:
+    """Verify, and sign the chain heads of every event of a transaction below this snapshot's
+    xmin; no checkpoint when a chain is broken (it would vouch for a log that is not intact).
+    Other differences (projections, protections) do not touch history: the report has them."""
+    report, result, xmin = await _examine(conn, key, runtime_role, None)
+    if result.chain_breaks:
+        return report, None
+    checkpoint = Checkpoint(
+        format=FORMAT,
+        taken_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        boundary=xmin,
+        events=result.head_events,
+        users=len(result.heads),
+        heads=heads_digest(result.heads),
+    ).signed(key)
+    return report, checkpoint
+
+
+async def _examine(
+    conn: asyncpg.Connection, key: ChainKey, runtime_role: str | None, boundary: int | None
+) -> tuple[Report, Replay, int]:
     with translated():
         # One snapshot for the log and the projections: writes that commit meanwhile are in
         # none of them, so a busy service cannot make them look different.
         async with conn.transaction(isolation="repeatable_read", readonly=True):
+            await read.require_schema(conn)
+            xmin = await read.snapshot_boundary(conn)
+            role = runtime_role or await roles.current_role(conn)
+            guards = [
+                *await roles.trigger_problems(conn),
+                *await roles.runtime_problems(conn, role),
+            ]
             stored = await read.snapshot_wallets(conn)
             stored_offers = await read.snapshot_offers(conn)
             stored_settlements = await read.snapshot_settlements(conn)
-            result = await replay(conn, "verify")
-    return Report(
+            result = await replay(conn, "verify", key, xmin if boundary is None else boundary)
+    report = Report(
         events=result.events,
         wallets=len(result.wallets.keys() | stored.keys()),
         offers=len(result.offers.keys() | stored_offers.keys()),
         differences=[
+            *guards,
             *result.chain_breaks,
             *compare(result.wallets, stored),
             *compare_offers(result.offers, stored_offers),
             *compare_settlements(result.settlements, stored_settlements),
         ],
     )
+    if result.unkeyed:
+        report.notes.append(f"{result.unkeyed} events unkeyed (hashed before the chain key)")
+    return report, result, xmin
+
+
+def _against(checkpoint: Checkpoint, result: Replay, xmin: int) -> list[str]:
+    """The difference between a checkpoint and the chain heads at its boundary now, if any."""
+    name = f"checkpoint of {checkpoint.taken_at}"
+    if xmin < checkpoint.boundary:
+        return [
+            f"{name}: its boundary (transaction {checkpoint.boundary}) is ahead of this"
+            f" database (transaction {xmin}): it is from another database, or this one was"
+            " restored from an older backup"
+        ]
+    now = (result.head_events, len(result.heads), heads_digest(result.heads))
+    if now != (checkpoint.events, checkpoint.users, checkpoint.heads):
+        return [
+            f"{name}: the events recorded before it ({checkpoint.events} events of"
+            f" {checkpoint.users} users then, {now[0]} events of {now[1]} users now) do not"
+            " end in the chain heads it signed: history before the checkpoint was rewritten"
+        ]
+    return []

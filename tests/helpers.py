@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
+from service.db.connection import migrate, with_user
+from service.domain.chain import ChainKey
+from service.embedded import RUNTIME_ROLE
 from service.settings import Settings, parse
 
 MEDIOOT_SECRET = "test-medioot-secret"
+CHAIN_KEY = "test-chain-key-0123456789abcdef-0001"
+
 READ_KEY = "test-read-key-0001"
 NO_SCOPE_KEY = "test-no-scope-key-0001"
 AUTH = {"Authorization": f"Bearer {READ_KEY}"}
@@ -44,11 +50,49 @@ def medioot(
     }
 
 
+def chain_key() -> ChainKey:
+    return ChainKey(CHAIN_KEY)
+
+
+def runtime_url(database_url: str) -> str:
+    """The same database as the runtime role (which conftest creates and grants)."""
+    return with_user(database_url, RUNTIME_ROLE)
+
+
+async def verify_log(conn: Any) -> Any:
+    """`service.verify.verify` with the test chain key, checking the test runtime role."""
+    from service.verify import verify
+
+    return await verify(conn, chain_key(), RUNTIME_ROLE)
+
+
+async def migrate_as_owner(url: str) -> None:
+    """schema.sql as the owner `url`, and the runtime role's grants (created if need be)."""
+    await migrate(url, runtime_role=RUNTIME_ROLE, create_role=True)
+
+
+def database_toml(database_url: str) -> str:
+    """[database] and [integrity] of a config file: the service as the runtime role, migrations
+    as the owner `database_url`, the test chain key. JSON strings are TOML basic strings."""
+    return (
+        f"[database]\nurl = {json.dumps(runtime_url(database_url))}\n"
+        f"owner_url = {json.dumps(database_url)}\n"
+        f"[integrity]\nchain_key = {json.dumps(CHAIN_KEY)}\n"
+    )
+
+
 def settings(database_url: str, **overrides: Any) -> Settings:
+    """Settings for the owner URL `database_url`: the service works as the runtime role."""
     raw: dict[str, Any] = {
         # Metrics rendered afresh for every scrape, so a test sees the counts of what it just did.
         "server": {"max_body_bytes": 4096, "metrics_max_age": 0},
-        "database": {"url": database_url, "pool_max_size": 10, "timeout": 3.0},
+        "database": {
+            "url": runtime_url(database_url),
+            "owner_url": database_url,
+            "pool_max_size": 10,
+            "timeout": 3.0,
+        },
+        "integrity": {"chain_key": CHAIN_KEY},
         "providers": [
             {"name": "medioot", "protocol": "medioot", "secret": MEDIOOT_SECRET},
         ],

@@ -156,11 +156,19 @@ def remember_settings(settings: Any) -> None:
         remember(p.url_token, f"providers[{p.name}].url_token")
     remember_keys(getattr(settings, "api_keys", ()))
     database = getattr(settings, "database", None)
-    if database is not None and database.url:
+    for url in (getattr(database, "url", ""), getattr(database, "owner_url", "")):
         from urllib.parse import urlsplit
 
         with contextlib.suppress(ValueError):
-            remember(urlsplit(database.url).password or "", "database password")
+            remember(urlsplit(url).password or "", "database password")
+    key = getattr(getattr(settings, "integrity", None), "chain_key", "")
+    if key:
+        from service.domain.chain import ChainKey
+
+        remember(key, "integrity.chain_key")
+        pads = ChainKey(key).pads()
+        remember(pads[:128], "chain key inner pad")
+        remember(pads[128:], "chain key outer pad")
 
 
 def remember_keys(keys: Iterable[Any]) -> None:
@@ -325,6 +333,7 @@ def _install():
         validate(parsed)
         found = [p.secret for p in parsed.providers] + [p.url_token for p in parsed.providers]
         found += [k.key for k in parsed.api_keys]
+        found.append(parsed.integrity.chain_key)
         path = os.path.join(folder, "secrets-%d.json" % os.getpid())
         with open(path, "a", encoding="utf-8") as out:
             out.write(json.dumps([s for s in found if s]) + "\\n")
@@ -423,6 +432,8 @@ def _install() -> Capture:
     site.mkdir()
     (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
     os.environ[ENV_DIR] = str(capture.folder)
+    # The repository's own service package first: sitecustomize imports it before `-m` puts the
+    # working directory on sys.path, and an installed (editable) copy may be another checkout's.
     path = os.environ.get("PYTHONPATH", "")
     # This checkout too: sitecustomize imports `service` before `python -m` puts the working
     # directory on sys.path, so without it a child would load whichever checkout the virtual

@@ -4,6 +4,7 @@ events, pgbench with the write path's SQL, and the timing of `verify`."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
 import subprocess
@@ -17,9 +18,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psutil
+from procs import CHAIN_KEY
 
 from service.db.connection import apply_schema, connect, migrate
-from service.embedded import EmbeddedPostgres
+from service.domain.chain import ChainKey
+from service.embedded import RUNTIME_ROLE, EmbeddedPostgres
 from service.verify import verify
 
 SERVER_SETTINGS = ("server_version", "fsync", "synchronous_commit", "shared_buffers")
@@ -81,7 +84,7 @@ class Server:
         finally:
             await conn.close()
         dsn = with_database(self.admin, name)
-        await migrate(dsn)
+        await migrate(dsn, runtime_role=RUNTIME_ROLE, create_role=True)
         return dsn
 
     async def drop_stale(self) -> None:
@@ -183,7 +186,7 @@ async def load_events(
     indexes are dropped first and built again afterwards, with the same names and definitions.
     """
     started = time.monotonic()
-    conn = await connect(dsn, wait=10)
+    conn = await connect(dsn, wait=10, chain_key=ChainKey(CHAIN_KEY))
     try:
         # The load is made durable by the CHECKPOINT below; no need to flush every chunk.
         await conn.execute("SET synchronous_commit = off")
@@ -232,7 +235,7 @@ async def time_verify(dsn: str) -> tuple[float, int, bool, str]:
     conn = await connect(dsn, wait=10)
     try:
         started = time.perf_counter()
-        report = await verify(conn)
+        report = await verify(conn, ChainKey(CHAIN_KEY), RUNTIME_ROLE)
         seconds = time.perf_counter() - started
     finally:
         await conn.close()
@@ -307,7 +310,9 @@ def _run_pgbench(
         f"run=r{secrets.token_hex(3)}",
         dsn,  # libpq takes the URI as it is, Unix-socket host= included
     ]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 120)
+    # The chain key's pads as the session setting the chain trigger needs, as the service sends.
+    env = {**os.environ, "PGOPTIONS": f"-c ledger.chain_pads={ChainKey(CHAIN_KEY).pads()}"}
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 120, env=env)
     output = proc.stdout + proc.stderr
     tps = _TPS.search(output)
     failed = _FAILED.search(output)

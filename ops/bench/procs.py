@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 MEDIOOT_SECRET = "bench-medioot-secret"
 READ_KEY = "bench-read-key-0001"
+CHAIN_KEY = "bench-chain-key-not-a-secret-0123456789"
 HOST = "127.0.0.1"
 
 
@@ -52,10 +53,15 @@ def config_text(dsn: str, pool_size: int | None, server: str = "") -> str:
     def q(text: str) -> str:
         return json.dumps(text)  # a JSON string is a TOML basic string
 
+    from service.db.connection import with_user
+    from service.embedded import RUNTIME_ROLE
+
     pool = f"pool_max_size = {pool_size}\n" if pool_size else ""
+    # As in production: the service works as the runtime role, migrates as the owner.
     head = f"[server]\n{server}\n" if server else ""
     return head + (
-        f"[database]\nurl = {q(dsn)}\n{pool}\n"
+        f"[database]\nurl = {q(with_user(dsn, RUNTIME_ROLE))}\nowner_url = {q(dsn)}\n{pool}\n"
+        f"[integrity]\nchain_key = {q(CHAIN_KEY)}\n\n"
         f'[[providers]]\nname = "medioot"\nprotocol = "medioot"\nsecret = {q(MEDIOOT_SECRET)}\n\n'
         f'[[api_keys]]\nname = "bench"\nkey = {q(READ_KEY)}\nscopes = ["read"]\n'
     )

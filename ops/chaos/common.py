@@ -69,6 +69,7 @@ PROVIDER = "medioot"
 MEDIOOT_SECRET = "chaos-medioot-secret"
 READ_KEY = "chaos-read-key-0001"
 APPLICATION_NAME = "ledger-chaos"
+CHAIN_KEY = "chaos-chain-key-not-a-secret-0123456789"
 SYSTEM_USER = "pgserver"  # the wheel's user for PostgreSQL when running as root
 
 T = TypeVar("T")
@@ -367,6 +368,7 @@ class Postgres:
     async def create_database(self, label: str) -> str:
         """A fresh database with the schema applied; its DSN."""
         from service.db.connection import connect, migrate
+        from service.embedded import RUNTIME_ROLE
 
         name = f"chaos_{label}_{time.strftime('%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}"
         conn = await connect(self.admin, wait=10)
@@ -375,7 +377,7 @@ class Postgres:
         finally:
             await conn.close()
         dsn = with_database(self.admin, name)
-        await migrate(dsn, wait=10)
+        await migrate(dsn, runtime_role=RUNTIME_ROLE, create_role=True, wait=10)
         return dsn
 
     async def drop_database(self, dsn: str) -> None:
@@ -445,13 +447,25 @@ def free_port() -> int:
         return port
 
 
+def database_urls(dsn: str, owner: str = "") -> dict[str, str]:
+    """`url` and `owner_url` of a service on `dsn`, a database `create_database` made: the
+    service works as the runtime role, migrates as `owner` (default: `dsn`'s own role)."""
+    from service.db.connection import with_user
+    from service.embedded import RUNTIME_ROLE
+
+    url = with_param(with_user(dsn, RUNTIME_ROLE), "application_name", APPLICATION_NAME)
+    return {"url": url, "owner_url": owner or dsn}
+
+
 def config_text(dsn: str, *, pool_max: int, timeout: float) -> str:
     def q(text: str) -> str:
         return json.dumps(text)  # a JSON string is a TOML basic string
 
-    url = with_param(dsn, "application_name", APPLICATION_NAME)
+    urls = database_urls(dsn)
     return (
-        f"[database]\nurl = {q(url)}\npool_max_size = {pool_max}\ntimeout = {timeout}\n\n"
+        f"[database]\nurl = {q(urls['url'])}\nowner_url = {q(urls['owner_url'])}\n"
+        f"pool_max_size = {pool_max}\ntimeout = {timeout}\n\n"
+        f"[integrity]\nchain_key = {q(CHAIN_KEY)}\n\n"
         f'[[providers]]\nname = "{PROVIDER}"\nprotocol = "medioot"\n'
         f"secret = {q(MEDIOOT_SECRET)}\n\n"
         f'[[api_keys]]\nname = "chaos"\nkey = {q(READ_KEY)}\nscopes = ["read"]\n'

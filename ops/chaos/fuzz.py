@@ -208,8 +208,14 @@ async def scenario(args: argparse.Namespace) -> int:
             f"seed {args.seed}; database {common.database_name(dsn)} ({pg.where}); logs in {folder}"
         )
         service = common.Service(dsn, folder, pool_max=10, timeout=5.0)
-        url = common.with_param(dsn, "application_name", common.APPLICATION_NAME)
-        service.config.write_text(target.toml(url, api_key=common.READ_KEY))
+        service.config.write_text(
+            target.toml(
+                dsn,
+                api_key=common.READ_KEY,
+                database=common.database_urls(dsn),
+                integrity={"chain_key": common.CHAIN_KEY},
+            )
+        )
         await service.start()
         say(
             f"service up at {service.url}; {args.requests} requests from {args.concurrency} clients"

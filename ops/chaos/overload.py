@@ -248,12 +248,17 @@ async def scenario_burst(
     slow_dsn = await proxy.start()
     folder = common.run_dir(f"{NAME}-a")
     service = common.Service(dsn, folder, pool_max=args.pool, timeout=5.0)
-    url = common.with_param(slow_dsn, "application_name", common.APPLICATION_NAME)
     sections = {
-        "database": {"pool_max_size": args.pool, "timeout": 5.0},
+        # The service's queries through the slow proxy; migrations straight to the database.
+        "database": {
+            **common.database_urls(slow_dsn, dsn),
+            "pool_max_size": args.pool,
+            "timeout": 5.0,
+        },
         "writer": {"max_queue": args.max_queue, "batch_max": args.batch_max},
+        "integrity": {"chain_key": common.CHAIN_KEY},
     }
-    service.config.write_text(TARGET.toml(url, api_key=common.READ_KEY, **sections))
+    service.config.write_text(TARGET.toml(slow_dsn, api_key=common.READ_KEY, **sections))
     ok = False
     try:
         await service.start()
@@ -456,9 +461,12 @@ async def scenario_slow(
     folder = common.run_dir(f"{NAME}-b")
     timeout = args.slow_timeout
     service = common.Service(dsn, folder, pool_max=10, timeout=5.0)
-    url = common.with_param(dsn, "application_name", common.APPLICATION_NAME)
-    sections = {"server": {"keepalive_timeout": timeout, "read_timeout": timeout}}
-    service.config.write_text(TARGET.toml(url, api_key=common.READ_KEY, **sections))
+    sections = {
+        "server": {"keepalive_timeout": timeout, "read_timeout": timeout},
+        "database": common.database_urls(dsn),
+        "integrity": {"chain_key": common.CHAIN_KEY},
+    }
+    service.config.write_text(TARGET.toml(dsn, api_key=common.READ_KEY, **sections))
     run = f"{args.seed % 100000:x}"
     try:
         await service.start()

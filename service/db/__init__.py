@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
 
 
 class Unavailable(Exception):

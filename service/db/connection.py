@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
 
-from . import UNAVAILABLE_ERRORS, Unavailable, translated
+from ..domain.chain import ChainKey
+from . import SCHEMA_PATH, UNAVAILABLE_ERRORS, Unavailable, roles, translated
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
+__all__ = ["SCHEMA_PATH", "apply_schema", "connect", "create_pool", "migrate", "with_user"]
 # Any constant will do: it only keeps two processes from applying the schema at once.
 _SCHEMA_LOCK = 0x5CE3A
 
@@ -32,8 +33,25 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int, wait_limit: float) -> asyncpg.Pool:
-    """A pool whose acquisitions and statements give up after `wait_limit` seconds."""
+def _settings(chain_key: ChainKey | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    # The chain key's HMAC pads go in the startup packet, as a session setting the events_chain
+    # trigger reads: no round trip, and nothing is stored. Only this session can read it.
+    settings = dict(extra or {})
+    if chain_key is not None:
+        settings["ledger.chain_pads"] = chain_key.pads()
+    return settings
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int,
+    max_size: int,
+    wait_limit: float,
+    chain_key: ChainKey | None = None,
+) -> asyncpg.Pool:
+    """A pool whose acquisitions and statements give up after `wait_limit` seconds; with
+    `chain_key`, its connections can append events."""
     with translated():
         pool: asyncpg.Pool = await asyncpg.create_pool(
             dsn,
@@ -43,8 +61,17 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int, wait_limit: flo
             timeout=wait_limit,
             init=_init_connection,
             reset=_nothing_to_reset,
+            server_settings=_settings(chain_key),
         )
     return pool
+
+
+def with_user(dsn: str, user: str) -> str:
+    """`dsn` with `user` in place of its user and password (a password, if the role has one,
+    then comes from the environment: PGPASSWORD or ~/.pgpass)."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}@{host}"))
 
 
 async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
@@ -55,35 +82,86 @@ async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
     its own, nothing is SET. asyncpg still rolls back a transaction left open before this."""
 
 
-async def apply_schema(conn: asyncpg.Connection) -> None:
+async def apply_schema(conn: asyncpg.Connection, grant_to: str | None = None) -> None:
+    """Apply schema.sql in one transaction; then, with `grant_to`, the runtime role's grants."""
     sql = SCHEMA_PATH.read_text(encoding="utf-8")
     with translated():
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
             await conn.execute(sql)
+            if grant_to:
+                await roles.grant_runtime(conn, grant_to)
 
 
-async def migrate(dsn: str, *, wait: float = 0.0) -> None:
-    """Apply schema.sql, waiting up to `wait` seconds for the database to accept connections."""
+async def migrate(
+    dsn: str,
+    *,
+    runtime_role: str | None = None,
+    create_role: bool = False,
+    wait: float = 0.0,
+) -> list[str]:
+    """Apply schema.sql as the owner `dsn` connects as, waiting up to `wait` seconds for the
+    database to accept connections. With `runtime_role` (other than the owner): grant it what the
+    service needs, creating it first with `create_role`. Returns one line per way the runtime
+    role (the owner itself without one) could still rewrite the event log."""
     conn = await connect(dsn, wait=wait)
     try:
-        await apply_schema(conn)
+        with translated():
+            owner = await roles.current_role(conn)
+            runtime = runtime_role or owner
+            if create_role and runtime != owner:
+                await roles.ensure_role(conn, runtime)
+        await apply_schema(conn, grant_to=runtime if runtime != owner else None)
+        with translated():
+            return await roles.runtime_problems(conn, runtime)
     finally:
         await conn.close()
 
 
-async def connect(dsn: str, *, wait: float = 0.0, **kwargs: Any) -> asyncpg.Connection:
+# verify and checkpoint: a session that cannot write, and whose built-in functions and operators
+# no object in the ledger's schema can shadow.
+READ_ONLY = {"default_transaction_read_only": "on", "search_path": "pg_catalog, public"}
+
+
+async def role_of(dsn: str, *, wait: float = 0.0) -> str:
+    """The role a connection to `dsn` works as."""
+    conn = await connect(dsn, wait=wait)
+    try:
+        with translated():
+            return await roles.current_role(conn)
+    finally:
+        await conn.close()
+
+
+async def connect(
+    dsn: str,
+    *,
+    wait: float = 0.0,
+    chain_key: ChainKey | None = None,
+    server_settings: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> asyncpg.Connection:
     deadline = time.monotonic() + wait
+    settings = _settings(chain_key, server_settings)
     while True:
         try:
             with translated():
-                conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=10, **kwargs)
+                conn: asyncpg.Connection = await asyncpg.connect(
+                    dsn, timeout=10, server_settings=settings, **kwargs
+                )
                 await _init_connection(conn)  # the same codecs as every pooled connection
                 return conn
         except Unavailable:
             if time.monotonic() >= deadline:
                 raise
             await asyncio.sleep(0.5)
+        except (
+            asyncpg.InvalidAuthorizationSpecificationError,
+            asyncpg.InvalidCatalogNameError,
+        ) as exc:
+            # A role or database that does not exist (yet: verify does not migrate), a refused
+            # login: waiting will not help, and it is one line, not a traceback.
+            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
 async def ensure_database(admin_dsn: str, name: str) -> None:

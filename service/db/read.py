@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from ..domain.events import Event, EventType
-from . import translated
+from . import Unavailable, translated
 
 _EVENT_COLUMNS = (
     "position, provider, key, type, user_id, amount, provider_ref, test, data, recorded_at, hash"
@@ -117,18 +118,54 @@ async def log_size(conn: asyncpg.Connection) -> int:
     return size or 0
 
 
+@dataclass(frozen=True, slots=True)
+class Chained:
+    """What `verify` needs to recompute an event's hash, besides the event itself: the stored
+    hashes, how the hash was made, the database's own text of the amount and the data (the
+    bytes the hash covers), and the writing transaction (for checkpoints)."""
+
+    prev_hash: bytes | None
+    hash: bytes | None
+    chain: int
+    amount_text: str
+    data_text: str
+    txid: int
+
+
 async def snapshot_events(
     conn: asyncpg.Connection, chunk: int = 10_000
-) -> AsyncIterator[tuple[Event, str | None, bool]]:
-    """Every event in position order, with its stored prev_hash (hex) and whether its hash
-    matches its contents; call inside a transaction that sees a stable log."""
+) -> AsyncIterator[tuple[Event, Chained]]:
+    """Every event in position order; call inside a transaction that sees a stable log."""
     query = (
-        f"SELECT {_EVENT_COLUMNS}, prev_hash, event_hash(e.prev_hash, e) = e.hash AS hash_ok"
-        " FROM events AS e ORDER BY position"
+        f"SELECT {_EVENT_COLUMNS}, prev_hash, chain, amount::text AS amount_text,"
+        " data::text AS data_text, txid FROM events ORDER BY position"
     )
     async for row in conn.cursor(query, prefetch=chunk):
-        prev = row["prev_hash"]
-        yield _event(row), None if prev is None else bytes(prev).hex(), row["hash_ok"]
+        prev, stored = row["prev_hash"], row["hash"]
+        yield (
+            _event(row),
+            Chained(
+                prev_hash=None if prev is None else bytes(prev),
+                hash=None if stored is None else bytes(stored),
+                chain=row["chain"],
+                amount_text=row["amount_text"],
+                data_text=row["data_text"],
+                txid=int(row["txid"]),
+            ),
+        )
+
+
+async def require_schema(conn: asyncpg.Connection) -> None:
+    """Refuse, in one line, a database the schema was never applied to (verify does not)."""
+    if await conn.fetchval("SELECT to_regclass('events')") is None:
+        raise Unavailable("this database has no events table: run migrate first")
+
+
+async def snapshot_boundary(conn: asyncpg.Connection) -> int:
+    """The xmin of this transaction's snapshot: every transaction with a smaller id has ended,
+    and none can start with one."""
+    xmin: int = int(await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())"))
+    return xmin
 
 
 async def snapshot_wallets(conn: asyncpg.Connection) -> dict[str, Any]:

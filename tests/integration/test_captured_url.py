@@ -18,7 +18,6 @@ from prometheus_client import REGISTRY
 
 from service.app import create_app
 from service.settings import Settings
-from service.verify import verify
 from tests import helpers
 from tests.helpers import AUTH, MEDIOOT_SECRET, md5, medioot, unique
 
@@ -105,7 +104,7 @@ async def last_log(pool: asyncpg.Pool) -> asyncpg.Record:
 
 async def assert_verified(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
-        report = await verify(conn)
+        report = await helpers.verify_log(conn)
     assert report.ok, report.differences
 
 

@@ -16,12 +16,12 @@ from ops.chaos.dbproxy import DatabaseProxy
 from service.app import create_app
 from service.rebuild import rebuild
 from service.replay import replay
-from service.verify import verify
 from tests import helpers
 from tests.helpers import AUTH, medioot, unique
 
 Client = TestClient  # type: ignore[type-arg]
 ROOT = Path(__file__).resolve().parents[2]
+KEY = helpers.chain_key()
 
 
 async def credit(client: Client, user: str, amount: str, status: str = "1") -> str:
@@ -69,7 +69,7 @@ async def test_an_edited_amount_makes_verify_fail_and_name_the_event(
         await conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
     try:
         async with pool.acquire() as conn:
-            report = await verify(conn)
+            report = await helpers.verify_log(conn)
         assert not report.ok
         assert report.differences[0] == (
             f"event {position} (user {user!r}): its hash does not match its contents"
@@ -80,7 +80,7 @@ async def test_an_edited_amount_makes_verify_fail_and_name_the_event(
             await conn.execute(edit, position, 7)
             await conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
     async with pool.acquire() as conn:
-        assert (await verify(conn)).ok
+        assert (await helpers.verify_log(conn)).ok
 
 
 class _Rollback(Exception):
@@ -102,14 +102,14 @@ async def test_a_removed_event_breaks_the_chain_of_the_next(
             position = await conn.fetchval(
                 "SELECT position FROM events WHERE provider_ref = $1", last
             )
-            result = await replay(conn, "test")
+            result = await replay(conn, "test", KEY)
             assert result.chain_breaks == [
                 f"event {position} (user {user!r}): does not chain to the previous event"
                 " of its user"
             ]
             raise _Rollback  # undo the deletion
     async with pool.acquire() as conn:
-        assert (await verify(conn)).ok
+        assert (await helpers.verify_log(conn)).ok
 
 
 async def snapshot(pool: asyncpg.Pool) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
@@ -132,7 +132,6 @@ async def test_rebuild_restores_identical_projections(
     await credit(client, user, "10.50")
     await credit(client, user, "0.25", status="2")
     from service.app import create_app
-    from tests import helpers
 
     settings = helpers.settings(
         database_url,
@@ -163,15 +162,15 @@ async def test_rebuild_restores_identical_projections(
     before = await snapshot(pool)
     await pool.execute("DELETE FROM wallets; DELETE FROM receipt_offers")
     async with pool.acquire() as conn:
-        events, wallets, offers = await rebuild(conn)
+        events, wallets, offers = await rebuild(conn, KEY)
     assert (wallets, offers) == (len(before[0]), len(before[1]))
     assert events >= 5
     assert await snapshot(pool) == before
     async with pool.acquire() as conn:
-        assert (await verify(conn)).ok
+        assert (await helpers.verify_log(conn)).ok
 
     config = tmp_path / "ledger.toml"
-    config.write_text(f'[database]\nurl = "{database_url}"\n')
+    config.write_text(helpers.database_toml(database_url))
     await pool.execute("UPDATE wallets SET balance = balance + 1")
     done = await asyncio.to_thread(
         subprocess.run,
@@ -226,7 +225,7 @@ async def test_rebuild_beside_concurrent_receipt_writers_succeeds_and_verifies(
         await under_way.wait()
         for _ in range(8):
             async with pool.acquire() as conn:
-                await rebuild(conn)  # a deadlock would raise here
+                await rebuild(conn, KEY)  # a deadlock would raise here
             await asyncio.sleep(0.02)
     finally:
         stop.set()
@@ -235,5 +234,5 @@ async def test_rebuild_beside_concurrent_receipt_writers_succeeds_and_verifies(
         await proxy.close()
     assert set(answers) == {200}
     async with pool.acquire() as conn:
-        report = await verify(conn)
+        report = await helpers.verify_log(conn)
     assert report.ok, report.differences

@@ -130,7 +130,7 @@ async def test_missing_variable_is_named(tmp_path: Path, text: str, names: list[
     assert_one_line_error(code, out, err, *names)
 
 
-@pytest.mark.parametrize("command", ["migrate", "verify", "serve"])
+@pytest.mark.parametrize("command", ["migrate", "verify", "serve", "rebuild", "checkpoint"])
 async def test_every_command_refuses_a_missing_variable(tmp_path: Path, command: str) -> None:
     config = tmp_path / "ledger.toml"
     config.write_text(
@@ -289,10 +289,51 @@ async def test_database_url_variable_wins_over_the_file(database_url: str, tmp_p
 async def test_variables_are_expanded_in_database_url(database_url: str, tmp_path: Path) -> None:
     config = tmp_path / "ledger.toml"
     config.write_text(
-        '[database]\nurl = "${LEDGER_TEST_DB_URL}"\n' + GOOD_PROVIDER, encoding="utf-8"
+        '[database]\nurl = "${LEDGER_TEST_DB_URL}"\nowner_url = "${LEDGER_TEST_OWNER_URL}"\n'
+        '[integrity]\nchain_key = "${LEDGER_TEST_CHAIN_KEY}"\n' + GOOD_PROVIDER,
+        encoding="utf-8",
     )
-    code, out, err = await run_cli(
-        "verify", "--config", str(config), env=cli_env(LEDGER_TEST_DB_URL=database_url)
+    env = cli_env(
+        LEDGER_TEST_DB_URL=helpers.runtime_url(database_url),
+        LEDGER_TEST_OWNER_URL=database_url,
+        LEDGER_TEST_CHAIN_KEY=helpers.CHAIN_KEY,
     )
+    code, out, err = await run_cli("migrate", "--config", str(config), env=env)
+    assert code == 0, (out, err)
+    code, out, err = await run_cli("verify", "--config", str(config), env=env)
     assert code == 0, (out, err)
     assert len(out.strip().splitlines()) == 1, out
+
+
+# --- the chain key and the owner --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["serve", "verify", "rebuild", "checkpoint"])
+async def test_commands_that_need_the_chain_key_refuse_to_start_without_it(
+    tmp_path: Path, command: str
+) -> None:
+    config = tmp_path / "ledger.toml"
+    config.write_text(GOOD_PROVIDER, encoding="utf-8")
+    code, out, err = await run_cli(command, "--config", str(config))
+    assert code == 2
+    assert_one_line_error(code, out, err, "integrity.chain_key")
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ('[integrity]\nchain_key = "too-short-a-key"\n', ["integrity.chain_key", "32"]),
+        (f'[integrity]\nchain_key = "${{{UNSET}}}"\n', ["integrity.chain_key", UNSET]),
+        ('[integrity]\nchain_keys = "x"\n', ["chain_keys"]),
+        ('[database]\nowner_url = "postgresql://o@h/d"\n', ["database.owner_url"]),
+    ],
+    ids=["short", "unset-variable", "unknown-key", "owner-without-url"],
+)
+async def test_bad_integrity_settings_are_named(
+    tmp_path: Path, text: str, names: list[str]
+) -> None:
+    config = tmp_path / "ledger.toml"
+    config.write_text(text, encoding="utf-8")
+    code, out, err = await run_cli("migrate", "--config", str(config))
+    assert code == 2
+    assert_one_line_error(code, out, err, *names)

@@ -21,6 +21,7 @@ from service.app import create_app
 from service.db import read
 from service.settings import Settings
 from service.web.api import encode_feed_cursor
+from tests import helpers
 from tests.helpers import AUTH, medioot, unique
 
 Client = TestClient  # type: ignore[type-arg]
@@ -57,7 +58,10 @@ async def test_follower_sees_every_event_once_under_concurrent_writers(
     writers_done = asyncio.Event()
 
     async def writer(n: int) -> None:
-        conn = await asyncpg.connect(database_url)
+        conn = await asyncpg.connect(
+            helpers.runtime_url(database_url),
+            server_settings={"ledger.chain_pads": helpers.chain_key().pads()},
+        )
         try:
             for i in range(15):
                 async with conn.transaction():

@@ -215,7 +215,15 @@ TIMEOUT = 1.0  # server.keepalive_timeout and server.read_timeout
 async def server(database_url: str, tmp_path: Path) -> AsyncIterator[common.Service]:
     service = common.Service(database_url, tmp_path)
     timeouts = {"keepalive_timeout": TIMEOUT, "read_timeout": TIMEOUT / 2}
-    service.config.write_text(TARGET.toml(database_url, api_key=helpers.READ_KEY, server=timeouts))
+    service.config.write_text(
+        TARGET.toml(
+            database_url,
+            api_key=helpers.READ_KEY,
+            server=timeouts,
+            database=common.database_urls(database_url),
+            integrity={"chain_key": helpers.CHAIN_KEY},
+        )
+    )
     await service.start()
     try:
         yield service

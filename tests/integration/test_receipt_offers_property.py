@@ -20,7 +20,7 @@ from service.domain.receipt_offers import APPROVED, STATUSES
 from service.providers import adgate_receipts
 from service.providers.base import Inbound
 from service.settings import Provider
-from service.verify import verify
+from tests import helpers
 from tests.helpers import unique
 
 PROVIDER = Provider(name="adgate", protocol="adgate_receipts", url_token="t" * 20)
@@ -156,5 +156,5 @@ async def test_any_order_and_batching_of_an_offers_events_ends_the_same(
         assert row["status"] == events[-1]["status"]
 
     async with pool.acquire() as conn:
-        report = await verify(conn)
+        report = await helpers.verify_log(conn)
     assert report.ok, report.differences

@@ -17,7 +17,7 @@ from service.domain.events import Outcome
 from service.providers import medioot
 from service.providers.base import Inbound
 from service.settings import Provider
-from service.verify import verify
+from tests import helpers
 from tests.helpers import MEDIOOT_SECRET, md5, unique
 from tests.integration.test_receipt_offers_property import append_all
 
@@ -117,7 +117,7 @@ async def test_any_order_and_batching_ends_in_credit_minus_what_reversals_may_ta
     stranger = await pool.fetchrow("SELECT balance FROM wallets WHERE user_id = $1", other)
     assert stranger is None or stranger["balance"] == 0
     async with pool.acquire() as conn:
-        report = await verify(conn)
+        report = await helpers.verify_log(conn)
     assert report.ok, report.differences
 
 

@@ -17,7 +17,7 @@ from service.db.write import LogEntry, Submission, append
 from service.domain import wallet
 from service.domain.events import EventType, Outcome, Postback
 from service.providers import medioot as protocol
-from service.verify import verify
+from tests import helpers
 from tests.helpers import AUTH, medioot, unique
 
 
@@ -113,7 +113,7 @@ async def test_concurrent_credits_to_one_wallet_all_count(
     body = await resp.json()
     assert (body["balance"], body["event_count"]) == ("4.0", 40)
     async with pool.acquire() as conn:
-        assert (await verify(conn)).ok
+        assert (await helpers.verify_log(conn)).ok
 
 
 async def test_overlapping_conflicting_batches_settle_each_key_once(pool: asyncpg.Pool) -> None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -16,8 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from service.app import create_app
-from service.db.connection import connect, migrate
-from service.verify import Report, verify
+from service.db.connection import connect
+from service.verify import Report
 from tests import helpers
 from tests.helpers import AUTH, medioot, unique
 
@@ -50,7 +47,7 @@ async def some_traffic(client: Client, user: str) -> None:
 
 async def run_verify(pool: asyncpg.Pool) -> Report:
     async with pool.acquire() as conn:
-        return await verify(conn)
+        return await helpers.verify_log(conn)
 
 
 def naming(report: Report, user: str) -> list[str]:
@@ -69,8 +66,7 @@ async def tampered(
 
 
 def write_config(path: Path, database_url: str, extra: str = "") -> Path:
-    # json.dumps gives a TOML basic string for any URL.
-    path.write_text(f"[database]\nurl = {json.dumps(database_url)}\n{extra}", encoding="utf-8")
+    path.write_text(helpers.database_toml(database_url) + extra, encoding="utf-8")
     return path
 
 
@@ -246,29 +242,11 @@ async def test_cli_verify_tampered_exits_1_with_the_differences(
 # --- exactness, in a database of its own --------------------------------------------------------
 
 
-def _with_database(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
-
-
 @pytest.fixture
-async def scratch_database_url(admin_dsn: str) -> AsyncIterator[str]:
-    """A fresh database for one test, so what it leaves behind cannot upset the others."""
-    name = f"t_verify_scratch_{uuid.uuid4().hex[:8]}"
-    conn = await connect(admin_dsn, wait=10)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = _with_database(admin_dsn, name)
-    await migrate(url)
-    try:
-        yield url
-    finally:
-        conn = await connect(admin_dsn, wait=10)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+async def scratch_database_url(fresh_database_url: str) -> str:
+    """A migrated database for one test, so what it leaves behind cannot upset the others."""
+    await helpers.migrate_as_owner(fresh_database_url)
+    return fresh_database_url
 
 
 async def test_verify_agrees_on_amounts_at_full_precision(
@@ -284,7 +262,7 @@ async def test_verify_agrees_on_amounts_at_full_precision(
 
     conn = await connect(scratch_database_url)
     try:
-        report = await verify(conn)
+        report = await helpers.verify_log(conn)
         in_events = await conn.fetchval(
             "SELECT sum(amount)::text FROM events WHERE user_id = $1", user
         )

@@ -17,6 +17,7 @@ import aiohttp
 import psutil
 import pytest
 
+from tests import helpers
 from tests.helpers import MEDIOOT_SECRET, READ_KEY, medioot, unique
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,8 +35,8 @@ def supervisor(database_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.P
     port = free_port()
     config = tmp_path / "ledger.toml"
     config.write_text(
-        f'[database]\nurl = "{database_url}"\n'
-        f'[[providers]]\nname = "medioot"\nprotocol = "medioot"\nsecret = "{MEDIOOT_SECRET}"\n'
+        helpers.database_toml(database_url)
+        + f'[[providers]]\nname = "medioot"\nprotocol = "medioot"\nsecret = "{MEDIOOT_SECRET}"\n'
         f'[[api_keys]]\nname = "r"\nkey = "{READ_KEY}"\nscopes = ["read"]\n'
     )
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}

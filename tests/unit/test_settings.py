@@ -449,3 +449,41 @@ def test_a_number_can_come_from_the_environment() -> None:
 
     settings = parse({"server": {"port": "${PORT}"}}, {"PORT": "9090"})
     assert settings.server.port == 9090
+
+
+# --- the chain key and the owner ----------------------------------------------------------------
+
+
+def test_the_chain_key_is_optional_until_a_command_needs_it() -> None:
+    settings = parse({}, {})
+    with pytest.raises(ConfigError, match=r"integrity\.chain_key"):
+        settings.chain_key()
+    key = "k" * 32
+    assert parse({"integrity": {"chain_key": key}}, {}).chain_key() == key
+
+
+def test_a_short_chain_key_is_refused() -> None:
+    line = config_error({"integrity": {"chain_key": "k" * 31}})
+    assert "integrity.chain_key" in line and "32" in line
+    assert "k" * 31 not in line
+
+
+def test_the_chain_key_comes_from_the_environment() -> None:
+    raw = {"integrity": {"chain_key": "${LEDGER_CHAIN_KEY}"}}
+    assert parse(raw, {"LEDGER_CHAIN_KEY": "e" * 40}).integrity.chain_key == "e" * 40
+    assert "LEDGER_CHAIN_KEY" in config_error(raw)
+
+
+def test_an_unset_owner_url_variable_means_no_owner() -> None:
+    raw = {"database": {"url": "postgresql://app@h/d", "owner_url": "${DATABASE_OWNER_URL}"}}
+    assert parse(raw, {}).database.owner_url == ""
+    owner = "postgresql://owner@h/d"
+    assert parse(raw, {"DATABASE_OWNER_URL": owner}).database.owner_url == owner
+
+
+def test_an_owner_without_a_runtime_url_is_refused() -> None:
+    assert "database.owner_url" in config_error({"database": {"owner_url": "postgresql://o@h/d"}})
+
+
+def test_the_dev_config_has_a_chain_key() -> None:
+    assert len(load(ROOT / "ops" / "dev.toml", {}).chain_key()) >= 32
