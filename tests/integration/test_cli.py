@@ -239,7 +239,10 @@ async def test_internal_listener_on_the_walls_port_exits_2(tmp_path: Path) -> No
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_port_flag_on_the_internal_port_exits_2(tmp_path: Path, workers: str) -> None:
     config = tmp_path / "ledger.toml"
-    config.write_text("[server]\nport = 8080\n[server.internal]\nport = 8081\n")
+    config.write_text(
+        "[server]\nport = 8080\n[server.internal]\nport = 8081\n"
+        f"[integrity]\nchain_key = {json.dumps(helpers.CHAIN_KEY)}\n"
+    )
     code, out, err = await run_cli(
         "serve", "--config", str(config), "--port", "8081", "--workers", workers
     )

@@ -19,7 +19,7 @@ import pytest
 from service.app import create_app
 from service.settings import Settings
 from service.web.listeners import INTERNAL_PATHS, WALLS_PATHS, covers
-from tests.helpers import AUTH, MEDIOOT_SECRET, READ_KEY, medioot, unique
+from tests.helpers import AUTH, MEDIOOT_SECRET, READ_KEY, database_toml, medioot, unique
 from tests.integration.test_workers import free_port, ready
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def write_config(path: Path, database_url: str, internal_port: int | None) -> Path:
     text = (
-        f'[database]\nurl = "{database_url}"\n'
-        f'[[providers]]\nname = "medioot"\nprotocol = "medioot"\nsecret = "{MEDIOOT_SECRET}"\n'
+        database_toml(database_url)
+        + f'[[providers]]\nname = "medioot"\nprotocol = "medioot"\nsecret = "{MEDIOOT_SECRET}"\n'
         f'[[api_keys]]\nname = "r"\nkey = "{READ_KEY}"\nscopes = ["read"]\n'
     )
     if internal_port is not None:

@@ -115,6 +115,12 @@ async def rewrite(owner: asyncpg.Pool, position: int, amount: str, chain_sql: st
             user,
             delta,
         )
+        await conn.execute(
+            "UPDATE settlements SET credited = $2 WHERE credit_key ="
+            " (SELECT key FROM events WHERE position = $1)",
+            position,
+            Decimal(amount),
+        )
         await conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
 
 
