@@ -1,4 +1,4 @@
-"""Scenario 1 of issue 7: crashes under load.
+"""Fault scenario: crashes under load.
 
 While the load generator sends signed postbacks (new credits, repeats, reversals, retries, many
 users), the service is killed with SIGKILL at random moments (every 0.3-1.5 s by default), 20

@@ -1,5 +1,5 @@
-"""The postback fuzzer's parts: a grammar of hostile and of valid postbacks,
-a raw HTTP/1.1 client, and the oracle that says what the ledger may contain afterwards.
+"""The postback fuzzer's parts: a grammar of hostile and of valid postbacks, a raw HTTP/1.1
+client, and the oracle that says what the ledger may contain afterwards.
 
 Used by `ops/chaos/fuzz.py` (the long run of `make chaos`) and by
 `tests/integration/test_fuzz_postbacks.py` (the bounded run in the suite).

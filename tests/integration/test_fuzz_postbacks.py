@@ -1,4 +1,4 @@
-"""Fuzzing every postback endpoint, bounded (issue 7, part 3; the long run is ops/chaos/fuzz.py).
+"""Fuzzing every postback endpoint, bounded (the long run is ops/chaos/fuzz.py).
 
 hypothesis drives the fuzzer's own grammar (`ops/chaos/fuzzlib.py`) through a `Source` that
 draws every choice, so a failure shrinks to a small request. Each example is one item: a
