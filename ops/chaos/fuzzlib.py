@@ -1030,7 +1030,9 @@ class Grammar:
                 status = {"1": "2", "2": "1"}[st] if change != "uuid" else st
                 uuid = c
                 if change != "status":
-                    uuid = pick(src, ["", text_id(src, f"click{tag}x-"), c + "x"])
+                    uuid = pick(
+                        src, ["", text_id(src, f"click{tag}x-"), (c or f"click{tag}") + "x"]
+                    )
                 reqs.append(self.medioot_valid(src, u, t, r, status, uuid=uuid))
                 reqs[-1].family = "replay-medioot"
             return Model().settle(reqs)
