@@ -463,7 +463,12 @@ def config_text(dsn: str, *, pool_max: int, timeout: float) -> str:
 
 def _env() -> dict[str, str]:
     drop = ("DATABASE_URL", "LEDGER_CONFIG", "PROMETHEUS_MULTIPROC_DIR")
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    # The service of this checkout, whatever else `service` resolves to first: a virtualenv
+    # with an editable install of another checkout, or a sitecustomize (the test suite's log
+    # capture) importing it before the working directory is on sys.path.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
 
 
 class Service:
