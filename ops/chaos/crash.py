@@ -1,4 +1,4 @@
-"""Scenario 1 of issue 7: crashes under load.
+"""Fault scenario: crashes under load.
 
 While the load generator sends signed postbacks (new credits, repeats, reversals, retries, many
 users), the service is killed with SIGKILL at random moments (every 0.3-1.5 s by default), 20
@@ -10,9 +10,10 @@ itself (if it does not, that is reported as a finding, and only then is it resta
 supervisor and its workers die together, as on a machine crash or an OOM kill of the unit.
 
 Afterwards: every postback answered 200 (OK or DUP) has its event with the right user and
-amount, no provider ID has two events or two OK answers, every wallet is the sum of its events,
-and `python -m service verify` exits 0. Exit 0 when nothing was lost, 1 otherwise, 2 when the
-scenario itself could not run.
+amount, no provider ID has two events or two OK answers, every wallet holds what its events make
+under the money rules (a reversal takes back at most its credit, and one that arrives before its
+credit waits for it), and `python -m service verify` exits 0. Exit 0 when nothing was lost, 1
+otherwise, 2 when the scenario itself could not run.
 
     python ops/chaos/crash.py                      # 20 kills, 1 postmaster kill, 2 workers
     python ops/chaos/crash.py --kills 5 --workers 1 --pg-kills 2

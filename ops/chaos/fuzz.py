@@ -1,4 +1,4 @@
-"""Scenario 3 of issue 7: fuzzing every postback endpoint, then the /v1/ API.
+"""Fault scenario: fuzzing every postback endpoint, then the /v1/ API.
 
 Starts the service (`python -m service serve`, one process) on a fresh database with three walls
 (`fuzzlib.Target`: Medioot, inBrain, and AdGate behind a trusted proxy address) and sends
@@ -8,17 +8,25 @@ UTF-8, huge values), bodies (JSON objects, arrays, deep nesting, huge numbers, N
 binary, gzip bombs, chunked), headers (X-Forwarded-For spoofing from an untrusted peer, huge and
 many headers, hostile request ids) and malformed HTTP, with a share of deliberately valid
 postbacks (signed Medioot and inBrain, AdGate with the right token from an allowed address)
-whose expected events are remembered. The generator is `fuzzlib.Grammar` driven by a seeded
-`random.Random` (not hypothesis: the suite's bounded test drives the same grammar with
-hypothesis); item i of a run comes from `Random(f"{seed}/{i}")`, so `--show I` prints it again.
+whose expected events are remembered, and what one captured postback can be made into: boundary
+shifts (characters moved across the signed fields, the signature kept), replays with the
+unsigned fields changed (Medioot status and uuid, inBrain Reward and RewardType: forged
+reversals) and inBrain bodies nested 100 to 100,000 levels deep. The generator is
+`fuzzlib.Grammar` driven by a seeded `random.Random` (not hypothesis: the suite's bounded test
+drives the same grammar with hypothesis); item i of a run comes from `Random(f"{seed}/{i}")`,
+so `--show I` prints it again.
 
 Then schemathesis runs against /v1/ with the read key, `--st-examples` cases per operation
 (the same checks as tests/integration/test_openapi.py, without positive_data_acceptance: a
 cursor is opaque, so a well-formed string the API never handed out is rightly a 400).
 
-It must hold that: no answer is a 5xx; every valid postback is answered 200; the events table
-holds exactly the events of the valid postbacks (none from a request without a valid signature,
-token and allowed address) and every wallet equals what they say; the postback log shows an
+It must hold that: no answer is a 5xx (the database stays up throughout, so a 503 is no excuse);
+every valid postback gets the answer the money rules give it (OK, or DUP for a repeat or a
+conflict); a boundary shift gets 403, deep JSON 400 or 403 (413 past max_body_bytes); the events
+table holds exactly the events of the valid postbacks (none from a request without a valid
+signature, token and allowed address, nor from a replayed signature), no wall transaction has a
+second credit or reversal, and every wallet equals what the events make under the money rules
+(a reversal takes back at most its credit, from the same user, once); the postback log shows an
 accepted outcome only for valid requests; no service log line holds a secret, token or sent
 signature; the service is still up; `python -m service verify` exits 0. Exit 0 when all hold,
 1 otherwise, 2 when the scenario could not run.
@@ -283,6 +291,12 @@ async def scenario(args: argparse.Namespace) -> int:
             "0",
         )
         report.add("fuzz answered 200 (no event may follow)", counts(ledger.fuzz_ok) or "0")
+        report.add(
+            "answers other than the known one (boundary shifts 403, deep JSON 400/403/413)",
+            len(ledger.wrong_status),
+            not ledger.wrong_status,
+            "0",
+        )
         report.heading("the ledger afterwards")
         report.add("events in the log", check.events)
         report.add("expected events (valid, distinct)", len(ledger.expects))
@@ -299,7 +313,18 @@ async def scenario(args: argparse.Namespace) -> int:
             not check.missing,
             "0",
         )
-        report.add("wallets off", len(check.wallets_off), not check.wallets_off, "0")
+        report.add(
+            "transactions with a second credit or reversal recorded",
+            len(check.doubled),
+            not check.doubled,
+            "0",
+        )
+        report.add(
+            "wallets off (balance, credited, reversed: a reversal takes back at most its credit)",
+            len(check.wallets_off),
+            not check.wallets_off,
+            "0",
+        )
         report.add(
             "fuzz requests with an accepted outcome in the postback log",
             len(check.fuzz_accepted),
@@ -326,10 +351,12 @@ async def scenario(args: argparse.Namespace) -> int:
         )
         examples(report, "5xx", five)
         examples(report, "valid refused", ledger.valid_refused)
+        examples(report, "wrong status", ledger.wrong_status)
         examples(report, "timeout", ledger.timeouts)
         examples(report, "unexpected", check.unexpected)
         examples(report, "wrong", check.wrong)
         examples(report, "missing", check.missing)
+        examples(report, "doubled", check.doubled)
         examples(report, "wallet", check.wallets_off)
         examples(report, "accepted fuzz", check.fuzz_accepted)
         examples(report, "leak", leaks)

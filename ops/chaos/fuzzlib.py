@@ -1,5 +1,5 @@
-"""The postback fuzzer's parts (issue 7, part 3): a grammar of hostile and of valid postbacks,
-a raw HTTP/1.1 client, and the oracle that says what the ledger may contain afterwards.
+"""The postback fuzzer's parts: a grammar of hostile and of valid postbacks, a raw HTTP/1.1
+client, and the oracle that says what the ledger may contain afterwards.
 
 Used by `ops/chaos/fuzz.py` (the long run of `make chaos`) and by
 `tests/integration/test_fuzz_postbacks.py` (the bounded run in the suite).
@@ -28,10 +28,21 @@ makes it malformed (a missing or repeated parameter, an unknown status, a bad am
 near-misses (a valid postback with one signed value, the signature or the amount changed) use
 the real secret so that only the change stands between them and a credit.
 
+**What one captured postback can be made into** (`shift`, `replay`): a genuine postback, then
+copies of it with characters moved across the boundaries of the signed fields (the signature of
+a plain concatenation stays valid; the service saw it with other values: 403, nothing moves),
+or with the fields the signature does not cover changed (Medioot `status` and `uuid`, inBrain
+`Reward` and `RewardType`). `Model` restates the money rules, so each of an item's authentic
+postbacks has a predicted answer and event: a new event (OK), a repeat or conflict (DUP or OK,
+nothing recorded), or a replayed signature (403). **Deep JSON** (`deep`): inBrain bodies nested
+100 to 100,000 levels, refused with 400 or 403 (413 past max_body_bytes), never a 5xx.
+
 **The oracle** (`Ledger.check`): the events table holds exactly the events of the valid
 postbacks that were sent (no more: an event from fuzz would be a balance change without
 authentication; no fewer: a valid postback answered 200 must be recorded), each with the right
-user and amount; every wallet equals what those events say; and the postback log shows an
+user and amount; no wall transaction has a second credit or reversal; every wallet (balance,
+credited, reversed) equals what those events make under the money rules (`Money`: a reversal
+takes back at most its credit, from the same user, once); and the postback log shows an
 accepted outcome (credited, duplicate, ...) only for requests whose id starts with `v-`.
 """
 
@@ -220,8 +231,15 @@ class Expect:
     key: str
     user: str
     amount: Decimal
-    delta: int  # +1 credits the amount, -1 reverses it, 0 moves no balance
+    delta: int  # +1 a credit, -1 a reversal, 0 moves no balance (a test, a receipt status)
     test: bool = False
+    # The wall transaction a credit or reversal pairs in: the Medioot `uuid` when sent, else the
+    # transaction id. "" for events that pair with nothing (AdGate statuses).
+    link: str = ""
+
+    @property
+    def linked(self) -> bool:
+        return bool(self.link) and not self.test and self.delta != 0
 
 
 @dataclass
@@ -243,6 +261,13 @@ class Req:
     raw: bytes = b""  # framing "none": the whole request
     close: bool = False  # ask for Connection: close
     secrets: tuple[str, ...] = ()  # signatures it carries, for the log scan
+    # The statuses a fuzz request may get, when the grammar knows them (a boundary shift: 403).
+    statuses: tuple[int, ...] = ()
+    # What its signature vouches for (lowercase signature, signed values), and the receipt
+    # offer it is about: what `Model` needs to predict the outcome of an authentic postback.
+    signed: tuple[str, ...] = ()
+    offer: str = ""
+    repeat: str = "OK"  # the answer to a repeat or a conflict (Medioot: DUP)
 
     @property
     def head_only(self) -> bool:
@@ -533,6 +558,75 @@ def changed(src: Source, value: str) -> str:
     return "X" + value
 
 
+# --- what an item's authentic postbacks must do --------------------------------------------------
+
+
+class Model:
+    """The money rules, written down again for the oracle (never imported from the service), to
+    say what each authentic postback of one item must get, in the order they are sent. Items
+    never share users, transactions, clicks or offers, so an item's own requests decide.
+
+    - A signature vouches for the values it signs: one seen before with other values is a replay
+      (403), whatever else the postback says.
+    - A key already recorded is a repeat: DUP for Medioot, OK for the others, nothing applied.
+    - Per wall transaction (link), at most one credit and one reversal, and a reversal must name
+      the credit's user once the credit is there: anything else is a conflict, answered like a
+      repeat. A receipt offer belongs to the user of its first event: one naming another user
+      is a conflict too.
+    - Anything else is a new event: OK.
+    """
+
+    def __init__(self) -> None:
+        self.signatures: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.keys: set[tuple[str, str]] = set()
+        self.credits: dict[tuple[str, str], Expect] = {}
+        self.reversals: dict[tuple[str, str], Expect] = {}
+        self.owners: dict[tuple[str, str], str] = {}
+
+    def submit(self, req: Req) -> str:
+        """ "replay", "repeat" or "new" for an authentic postback (one Expect, `signed` set)."""
+        (e,) = req.expects
+        if req.signed:
+            signature, *values = req.signed
+            first = self.signatures.setdefault((e.provider, signature), tuple(values))
+            if first != tuple(values):
+                return "replay"
+        if (e.provider, e.key) in self.keys:
+            return "repeat"
+        link = (e.provider, e.link)
+        if e.linked:
+            credit, reversal = self.credits.get(link), self.reversals.get(link)
+            if e.delta > 0 and credit is not None:
+                return "repeat"  # a second credit of the transaction
+            if e.delta < 0 and (
+                reversal is not None or (credit is not None and credit.user != e.user)
+            ):
+                return "repeat"  # a second reversal, or one naming another user
+        if req.offer and self.owners.setdefault((e.provider, req.offer), e.user) != e.user:
+            return "repeat"
+        self.keys.add((e.provider, e.key))
+        if e.linked:
+            (self.credits if e.delta > 0 else self.reversals)[link] = e
+        return "new"
+
+    def settle(self, reqs: Sequence[Req]) -> list[Req]:
+        """Give each authentic postback of an item its predicted answer and event: a new event
+        is answered OK and must be recorded; a repeat or conflict is answered like a repeat and
+        records nothing; a replay is not valid at all (403, nothing recorded)."""
+        for req in reqs:
+            if not req.valid or len(req.expects) != 1:
+                continue
+            outcome = self.submit(req)
+            if outcome == "new":
+                req.answer = "OK"
+            elif outcome == "repeat":
+                req.expects = ()
+                req.answer = req.repeat
+            else:
+                req.valid, req.expects, req.answer, req.statuses = False, (), "", (403,)
+        return list(reqs)
+
+
 # --- the grammar ---------------------------------------------------------------------------------
 
 
@@ -550,6 +644,9 @@ class Grammar:
         (20, "adgate"),
         (6, "raw"),
         (2, "resend"),
+        (4, "shift"),
+        (4, "replay"),
+        (2, "deep"),
     )
 
     def __init__(self, target: Target, run: str) -> None:
@@ -574,6 +671,9 @@ class Grammar:
             "adgate": self.adgate,
             "raw": self.raw,
             "resend": self.resend,
+            "shift": self.shift,
+            "replay": self.replay,
+            "deep": self.deep,
         }[family]
         reqs = make(src)
         for req in reqs:
@@ -611,22 +711,24 @@ class Grammar:
             )
             if kind == "medioot-reversal":  # the credit and the reversal, in either order
                 status = "2" if first.expects[0].delta > 0 else "1"
-                return [first, self.medioot_valid(src, user, transid, reward, status)]
+                second = self.medioot_valid(src, user, transid, reward, status)
+                return Model().settle([first, second])
             if kind == "medioot-conflict":
                 other = next(a for a in ("1.11", "2.22", "3.33") if Decimal(a) != Decimal(reward))
                 conflict = self.medioot_valid(src, user, transid, other, "1")
-                conflict.family, conflict.expects, conflict.answer = "valid-conflict", (), "DUP"
-                return [first, conflict]
-            return [first]
+                conflict.family = "valid-conflict"
+                return Model().settle([first, conflict])
+            return Model().settle([first])
         if kind.startswith("inbrain"):
             user = text_id(src, f"fzv-i{tag}-")
             reward_id = text_id(src, f"r{tag}-")
             reward = self._amount(src)
             first = self.inbrain_valid(src, user, reward_id, reward, reversal=False)
             if kind == "inbrain-reversal":
-                return [first, self.inbrain_valid(src, user, reward_id, reward, reversal=True)]
-            return [first]
-        return self.adgate_valid(src, tag)
+                second = self.inbrain_valid(src, user, reward_id, reward, reversal=True)
+                return Model().settle([first, second])
+            return Model().settle([first])
+        return Model().settle(self.adgate_valid(src, tag))
 
     def _amount(self, src: Source) -> str:
         if src.chance(60):
@@ -634,9 +736,21 @@ class Grammar:
             return f"{cents // 100}.{cents % 100:02d}"
         return pick(src, VALID_AMOUNTS)
 
-    def medioot_valid(self, src: Source, user: str, transid: str, reward: str, status: str) -> Req:
+    def medioot_valid(
+        self,
+        src: Source,
+        user: str,
+        transid: str,
+        reward: str,
+        status: str,
+        *,
+        uuid: str | None = None,
+        signature: str = "",
+    ) -> Req:
+        """A signed Medioot postback. `uuid`: None for a random choice, "" for none; a
+        `signature` given is sent as it is (a boundary shift keeps the genuine one)."""
         secret = self.t.medioot_secret
-        signature = md5(user + transid + reward + secret)
+        signature = signature or md5(user + transid + reward + secret)
         sig = signature.upper() if src.chance(20) else signature
         signed = [("subid", user), ("transid", transid), ("reward", reward), ("status", status)]
         pairs = [(name_variant(src, n), v) for n, v in signed] + [
@@ -645,13 +759,17 @@ class Grammar:
         extras = [
             ("payout", self._amount(src)),
             ("country", pick(src, ["US", "DE", "BR", "é"])),
-            ("uuid", text_id(src, "click-")),
+            ("uuid", text_id(src, f"click-{transid[:40]}-")),  # a click of this transaction
             ("offer_name", text_id(src, "Offer ", 30)),
             ("userIp", "198.51.100.4"),
             ("campaign_id", str(src.below(10**6))),
             ("offer_type", "cpa"),
         ]
-        pairs += [e for e in extras if src.chance(40)]
+        extras = [e for e in extras if src.chance(40)]
+        if uuid is not None:
+            extras = [e for e in extras if e[0] != "uuid"] + ([("uuid", uuid)] if uuid else [])
+        click = next((v for n, v in extras if n == "uuid"), "")
+        pairs += extras
         order = list(range(len(pairs)))
         for i in range(len(order) - 1, 0, -1):  # a shuffle driven by the source
             j = src.below(i + 1)
@@ -687,6 +805,7 @@ class Grammar:
             user,
             Decimal(reward),
             1 if kind == "credited" else -1,
+            link=click or transid,
         )
         return Req(
             "valid-medioot",
@@ -699,19 +818,31 @@ class Grammar:
             expects=(expect,),
             answer="OK",
             secrets=(signature,),
+            signed=(signature.lower(), user, transid, reward),
+            repeat="DUP",
         )
 
     def inbrain_valid(
-        self, src: Source, user: str, reward_id: str, reward_text: str, *, reversal: bool
+        self,
+        src: Source,
+        user: str,
+        reward_id: str,
+        reward_text: str,
+        *,
+        reversal: bool,
+        test: bool | None = None,
+        signature: str = "",
     ) -> Req:
-        signature = md5(user + reward_id + self.t.inbrain_secret)
+        """A signed inBrain callback. `test`: None for a random IsTest; a `signature` given is
+        sent as it is (a boundary shift keeps the genuine one)."""
+        signature = signature or md5(user + reward_id + self.t.inbrain_secret)
         number = JSON_NUMBER.fullmatch(reward_text) is not None and src.chance(60)
         if number and src.chance(15) and Decimal(reward_text) == Decimal(reward_text).to_integral():
             reward_raw = f"{int(Decimal(reward_text)) * 10}E-1"  # exponent notation, same value
         else:
             reward_raw = reward_text if number else json.dumps(reward_text)
         reward_type = REVERSAL if reversal else pick(src, REWARD_TYPES)
-        is_test = src.chance(10)
+        is_test = src.chance(10) if test is None else test
         fields: list[tuple[str, str]] = [
             ("Sig", json.dumps(signature.upper() if src.chance(20) else signature)),
             ("PanelistId", _json_str(src, user)),
@@ -745,6 +876,7 @@ class Grammar:
             value,
             0 if is_test else (-1 if reversal else 1),
             test=is_test,
+            link=reward_id,
         )
         return Req(
             "valid-inbrain",
@@ -757,15 +889,18 @@ class Grammar:
             expects=(expect,),
             answer="OK",
             secrets=(signature,),
+            signed=(signature.lower(), user, reward_id),
         )
 
     def adgate_valid(self, src: Source, tag: str) -> list[Req]:
         """One receipt offer's lifecycle, in order: 1 to 4 statuses; APPROVED is final but may
-        repeat (each approval credits its points), anything after it is recorded as ignored."""
-        user = text_id(src, f"fzv-a{tag}-")
+        repeat (each approval credits its points), anything after it is recorded as ignored. A
+        later status may name another user than the offer's: a conflict, nothing applied."""
+        owner = text_id(src, f"fzv-a{tag}-")
         offer = text_id(src, f"o{tag}-")
         reqs = []
         for step in range(between(src, 1, 4)):
+            user = f"{owner}~{step}" if step and src.chance(10) else owner
             status = pick(src, STATUSES)
             event = text_id(src, f"e{tag}.{step}-")
             points = self._amount(src) if status == "APPROVED" or src.chance(30) else None
@@ -820,6 +955,7 @@ class Grammar:
                     valid=True,
                     expects=(expect,),
                     answer="OK",
+                    offer=offer,
                 )
             )
         return reqs
@@ -830,8 +966,132 @@ class Grammar:
         if not self.resendable:
             return []
         old = self.resendable[k * len(self.resendable) // 1000]
-        answer = "DUP" if old.family == "valid-medioot" else old.answer
-        return [replace(old, family="valid-resend", request_id="", answer=answer)]
+        return [replace(old, family="valid-resend", request_id="", answer=old.repeat)]
+
+    # --- what one captured postback can be made into ---------------------------------------------
+
+    def shift(self, src: Source) -> list[Req]:
+        """A genuine postback, then copies of it with characters moved across the boundaries
+        of the fields its signature covers (md5 of a plain concatenation: the signature stays
+        valid). The signature was seen with the genuine values: each copy must get 403 and move
+        nothing, for the genuine user or the one the copy names."""
+        tag = self._tag()
+        reqs: list[Req] = []
+        if src.chance(50):
+            user, transid = text_id(src, f"fzs-m{tag}-"), text_id(src, f"t{tag}-")
+            reward = self._amount(src)
+            genuine = self.medioot_valid(src, user, transid, reward, "1" if src.chance(80) else "2")
+            reqs.append(genuine)
+            for u, t, r in medioot_shifts(src, user, transid, reward):
+                status = pick(src, ["1", "2"])
+                reqs.append(self.medioot_valid(src, u, t, r, status, signature=genuine.secrets[0]))
+                reqs[-1].family = "shift-medioot"
+        else:
+            user, reward_id = text_id(src, f"fzs-i{tag}-"), text_id(src, f"r{tag}-")
+            genuine = self.inbrain_valid(src, user, reward_id, self._amount(src), reversal=False)
+            reqs.append(genuine)
+            for u, r in inbrain_shifts(src, user, reward_id):
+                amount = self._amount(src) if src.chance(50) else "999999999999.99"
+                reversal = src.chance(30)
+                sig = genuine.secrets[0]
+                reqs.append(self.inbrain_valid(src, u, r, amount, reversal=reversal, signature=sig))
+                reqs[-1].family = "shift-inbrain"
+        return Model().settle(reqs)
+
+    def replay(self, src: Source) -> list[Req]:
+        """Genuine postbacks of one wall transaction (a credit; its reversal before or after
+        it, under the credit's transaction id or one of its own; another user's reversal),
+        then one of them resent with what its signature does not cover changed: Medioot's
+        status flipped and/or its uuid changed, inBrain's Reward raised and/or its RewardType
+        flipped to a reversal. Each must do what the money rules say (`Model`): a reversal
+        takes back at most its credit, from the same user, once."""
+        tag = self._tag()
+        medioot = src.chance(50)
+        user = text_id(src, f"fzp-{'m' if medioot else 'i'}{tag}-")
+        ref = text_id(src, f"t{tag}-")
+        reward = self._amount(src)
+        if medioot:
+            click = text_id(src, f"click{tag}-") if src.chance(60) else ""
+            genuine = [(user, ref, reward, "1", click)]
+            how = pick(src, ["alone", "after", "first", "own", "other-first", "other-after"])
+            if how in ("after", "first"):
+                genuine.insert(
+                    len(genuine) if how == "after" else 0, (user, ref, reward, "2", click)
+                )
+            elif how == "own" and click:  # a reversal under a transaction id of its own
+                genuine.append((user, f"{ref}-rv", self._amount(src), "2", click))
+            elif how.startswith("other"):  # another user's reversal of the same transaction
+                other = (f"{user}~o", ref, reward, "2", click)
+                genuine.insert(0 if how == "other-first" else 1, other)
+            reqs = [self.medioot_valid(src, u, t, r, st, uuid=c) for u, t, r, st, c in genuine]
+            u, t, r, st, c = pick(src, genuine)
+            for _ in range(between(src, 1, 3)):
+                change = pick(src, ["status", "uuid", "both", "status"])
+                status = {"1": "2", "2": "1"}[st] if change != "uuid" else st
+                uuid = c
+                if change != "status":
+                    uuid = pick(
+                        src, ["", text_id(src, f"click{tag}x-"), (c or f"click{tag}") + "x"]
+                    )
+                reqs.append(self.medioot_valid(src, u, t, r, status, uuid=uuid))
+                reqs[-1].family = "replay-medioot"
+            return Model().settle(reqs)
+        test = src.chance(10)
+        reqs = [self.inbrain_valid(src, user, ref, reward, reversal=False, test=test)]
+        how = pick(src, ["alone", "after", "first"])
+        if how != "alone":
+            reversal = self.inbrain_valid(src, user, ref, reward, reversal=True, test=test)
+            reqs.insert(len(reqs) if how == "after" else 0, reversal)
+        for _ in range(between(src, 1, 3)):
+            change = pick(src, ["both", "both", "reward", "type"])
+            raised = reward
+            if change != "type":
+                more = [a for a in ("500000", "999999999999999", f"{Decimal(reward) + 1000}")]
+                raised = pick(src, [a for a in more if AMOUNT.fullmatch(a)])
+            flip = change != "reward" or src.chance(30)
+            reqs.append(
+                self.inbrain_valid(
+                    src, user, ref, raised, reversal=flip, test=test if src.chance(80) else None
+                )
+            )
+            reqs[-1].family = "replay-inbrain"
+        return Model().settle(reqs)
+
+    def deep(self, src: Source) -> list[Req]:
+        """An inBrain callback (never correctly signed) holding JSON nested 100 to 100,000
+        levels deep: arrays, objects or both, closed or not, as a field's value or the whole
+        body. It must be refused (400, or 403 where the decoder gets as far as the signature);
+        a body longer than max_body_bytes, 413."""
+        if src.chance(50):
+            depth = pick(src, [100, 1000, 10_000, 100_000])
+        else:  # spread evenly over the orders of magnitude
+            depth = int(100 * 10 ** (src.below(3001) / 1000))
+        shape = pick(src, ["array", "object", "mixed"])
+        value = nested(shape, depth, closed=src.chance(80))
+        user, reward_id = text_id(src, "fzd-"), text_id(src, "r-")
+        sig = flip_hex(src, md5(user + reward_id + self.t.inbrain_secret))
+        where = pick(src, ["Reward", "RevenueAmount", "OfferTitle", "SomethingNew", "body"])
+        if where == "body":
+            body = value
+        else:
+            fields = {"Sig": json.dumps(sig), "PanelistId": json.dumps(user)}
+            fields.update({"RewardId": json.dumps(reward_id), "Reward": "1.25"})
+            fields[where] = value
+            items = _shuffled(src, list(fields.items()))
+            body = "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in items) + "}"
+        data = body.encode()
+        limit = int(self.t.server()["max_body_bytes"])
+        req = Req(
+            f"deep-{shape}",
+            b"POST",
+            f"/postbacks/{self.t.inbrain}".encode(),
+            [(b"Content-Type", pick(src, JSON_TYPES))],
+            data,
+            via_proxy=src.chance(20),
+            framing="chunked" if src.chance(20) else "length",
+            statuses=(413,) if len(data) > limit else (400, 403),
+        )
+        return [req]
 
     # --- fuzz ------------------------------------------------------------------------------------
 
@@ -1458,6 +1718,47 @@ def _allowed_forwarded(src: Source) -> list[tuple[bytes, bytes]]:
     return [(b"X-Forwarded-For", value.encode())]
 
 
+AMOUNT = re.compile(r"[0-9]{1,15}(\.[0-9]{1,20})?")  # plainly valid: never debatable
+
+
+def medioot_shifts(
+    src: Source, subid: str, transid: str, reward: str
+) -> list[tuple[str, str, str]]:
+    """1 to 3 other ways of cutting subid + transid + reward into three fields, each non-empty
+    and with a plainly valid reward (so that only the replayed signature can refuse them)."""
+    text = subid + transid + reward
+    a, b = len(subid), len(subid) + len(transid)
+    cuts = [
+        (i, j)
+        for i in range(max(1, a - 4), a + 5)
+        for j in range(max(i + 1, b - 4), min(len(text), b + 5))
+        if (i, j) != (a, b) and AMOUNT.fullmatch(text[j:])
+    ]
+    chosen = {pick(src, cuts) for _ in range(between(src, 1, 3))} if cuts else set()
+    return [(text[:i], text[i:j], text[j:]) for i, j in sorted(chosen)]
+
+
+def inbrain_shifts(src: Source, panelist: str, reward_id: str) -> list[tuple[str, str]]:
+    """1 to 3 other ways of cutting PanelistId + RewardId into two non-empty fields."""
+    text = panelist + reward_id
+    a = len(panelist)
+    cuts = [i for i in range(max(1, a - 6), min(len(text), a + 7)) if i != a]
+    chosen = {pick(src, cuts) for _ in range(between(src, 1, 3))} if cuts else set()
+    return [(text[:i], text[i:]) for i in sorted(chosen)]
+
+
+def nested(shape: str, depth: int, *, closed: bool = True) -> str:
+    """A JSON value `depth` levels deep: arrays, objects, or both in turn."""
+    if shape == "array":
+        opening, middle, closing = "[" * depth, "", "]" * depth
+    elif shape == "object":
+        opening, middle, closing = '{"a":' * depth, "1", "}" * depth
+    else:
+        half = depth // 2
+        opening, middle, closing = '[{"a":' * half, "1", "}]" * half
+    return opening + middle + (closing if closed else "")
+
+
 def hostile_json(src: Source, depth: int = 0) -> str:
     """A JSON value (or near-JSON text) meant to break decoders."""
     kind = src.below(12 if depth < 3 else 8)
@@ -1735,6 +2036,7 @@ class Ledger:
     no_answer: Counter[str] = field(default_factory=Counter)
     timeouts: list[str] = field(default_factory=list)
     signatures: set[str] = field(default_factory=set)
+    wrong_status: list[str] = field(default_factory=list)  # a known status not given
 
     def record(self, req: Req, reply: Reply, where: str = "") -> None:
         """One request and its answer; problems are kept with the request that caused them."""
@@ -1753,6 +2055,9 @@ class Ledger:
             self.timeouts.append(seen)
         elif reply.status is None:
             self.no_answer[f"{req.family}: {reply.error}"] += 1
+        if req.statuses and reply.status not in req.statuses:
+            wanted = " or ".join(map(str, req.statuses))
+            self.wrong_status.append(f"{seen} (must be {wanted})")
         if req.optional:
             self.optional.update(((e.provider, e.key), e) for e in req.expects)
         if req.valid:
@@ -1770,38 +2075,56 @@ class Ledger:
     async def check(self, conn: Any) -> Check:
         """Compare the database with what was sent (see the module doc)."""
         c = Check()
-        rows = await conn.fetch("SELECT provider, key, user_id, amount, test FROM events")
+        rows = await conn.fetch(
+            "SELECT provider, key, user_id, amount, test FROM events ORDER BY position"
+        )
         c.events = len(rows)
         stored = {}
-        expected: dict[str, Decimal] = {}
+        money = Money()
         for r in rows:
             key = (r["provider"], r["key"])
             stored[key] = r
             e = self.expects.get(key) or self.optional.get(key)
-            if e is not None:
-                with decimal.localcontext(decimal.Context(prec=200)):  # sums stay exact
-                    expected[e.user] = expected.get(e.user, Decimal(0)) + e.delta * e.amount
             if e is None:
                 c.unexpected.append(
                     f"event {key} for user {r['user_id']!r}, amount {r['amount']}:"
                     " no valid postback sent it"
                 )
-            elif r["user_id"] != e.user or r["amount"] != e.amount or r["test"] != e.test:
+                continue
+            if r["user_id"] != e.user or r["amount"] != e.amount or r["test"] != e.test:
                 c.wrong.append(
                     f"event {key}: user {r['user_id']!r} amount {r['amount']} test {r['test']};"
                     f" sent user {e.user!r} amount {e.amount} test {e.test}"
                 )
+            c.doubled += money.add(e)
         c.missing = [
             f"{k}: answered 200, no event" for k in sorted(self.answered) if k not in stored
         ]
-        for r in await conn.fetch("SELECT user_id, balance FROM wallets"):
-            want = expected.get(r["user_id"])
+        expected = money.wallets()
+        seen: set[str] = set()
+        for r in await conn.fetch(
+            "SELECT user_id, balance, total_credited, total_reversed FROM wallets"
+        ):
+            user = r["user_id"]
+            seen.add(user)
+            want = expected.get(user)
+            have = (r["balance"], r["total_credited"], r["total_reversed"])
             if want is None:
                 c.wallets_off.append(
-                    f"wallet {r['user_id']!r} = {r['balance']}: no valid postback for this user"
+                    f"wallet {user!r} = {r['balance']}: no valid postback for this user"
                 )
-            elif r["balance"] != want:
-                c.wallets_off.append(f"wallet {r['user_id']!r} = {r['balance']}, expected {want}")
+            elif have != want:
+                c.wallets_off.append(
+                    f"wallet {user!r} = {have[0]} (credited {have[1]}, reversed {have[2]}),"
+                    f" expected {want[0]} (credited {want[1]}, reversed {want[2]})"
+                )
+            elif r["balance"] < 0:
+                c.wallets_off.append(f"wallet {user!r} = {r['balance']}: negative")
+        c.wallets_off += [
+            f"wallet {user!r}: missing, expected {want[0]}"
+            for user, want in sorted(expected.items())
+            if user not in seen
+        ]
         accepted = await conn.fetch(
             "SELECT request_id, provider, outcome, http_status, detail, params FROM postback_log"
             " WHERE outcome = ANY($1::text[]) AND request_id NOT LIKE 'v-%'",
@@ -1819,6 +2142,50 @@ class Ledger:
         return c
 
 
+class Money:
+    """What the recorded events must have done to the wallets, by the money rules (restated
+    here, not imported from the service): a credit and a reversal pair per wall transaction
+    (link), at most one of each; the pair moves its user by credit - min(reversal, credit),
+    and a reversal naming another user than the credit, or without a credit, moves nothing.
+    Test events move nothing; AdGate approvals credit their points, alone."""
+
+    def __init__(self) -> None:
+        self.credits: dict[tuple[str, str], Expect] = {}
+        self.reversals: dict[tuple[str, str], Expect] = {}
+        self.alone: list[Expect] = []
+        self.users: set[str] = set()
+
+    def add(self, e: Expect) -> list[str]:
+        """Count one recorded event (in position order); what is wrong with recording it."""
+        self.users.add(e.user)
+        if not e.linked:
+            self.alone.append(e)
+            return []
+        link = (e.provider, e.link)
+        kind, first = ("credit", self.credits) if e.delta > 0 else ("reversal", self.reversals)
+        if link in first:
+            return [
+                f"transaction {link}: a second {kind} recorded, {e.key} after {first[link].key}"
+            ]
+        first[link] = e
+        return []
+
+    def wallets(self) -> dict[str, tuple[Decimal, Decimal, Decimal]]:
+        """Per user: (balance, total credited, total reversed)."""
+        credited = dict.fromkeys(self.users, Decimal(0))
+        reversed_ = dict.fromkeys(self.users, Decimal(0))
+        with decimal.localcontext(decimal.Context(prec=200)):  # sums stay exact
+            for e in self.alone:
+                if e.delta > 0 and not e.test:
+                    credited[e.user] += e.amount
+            for link, credit in self.credits.items():
+                credited[credit.user] += credit.amount
+                reversal = self.reversals.get(link)
+                if reversal is not None and reversal.user == credit.user:
+                    reversed_[credit.user] += min(reversal.amount, credit.amount)
+            return {u: (credited[u] - reversed_[u], credited[u], reversed_[u]) for u in self.users}
+
+
 @dataclass
 class Check:
     events: int = 0
@@ -1826,6 +2193,7 @@ class Check:
     wrong: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     wallets_off: list[str] = field(default_factory=list)
+    doubled: list[str] = field(default_factory=list)  # a second credit or reversal of a link
     fuzz_accepted: list[str] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
 
@@ -1835,6 +2203,7 @@ class Check:
             *self.unexpected,
             *self.wrong,
             *self.missing,
+            *self.doubled,
             *self.wallets_off,
             *self.fuzz_accepted,
         ]

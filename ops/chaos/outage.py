@@ -1,4 +1,4 @@
-"""Scenario 2 of issue 7: a database outage under load.
+"""Fault scenario: a database outage under load.
 
 Under steady load, PostgreSQL is stopped (`pg_ctl stop -m fast`) for 10 s, then started again;
 the service is left running throughout. Every answer is recorded with when it was asked and

@@ -1,4 +1,4 @@
-"""Scenario 4 of issue 7: overload, and slow or stalled clients.
+"""Fault scenario: overload, and slow or stalled clients.
 
 **(a) More postbacks than the database can commit.** The service (one process) talks to
 PostgreSQL through a TCP proxy in this process that delays every chunk by `--db-latency`

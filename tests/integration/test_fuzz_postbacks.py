@@ -1,4 +1,4 @@
-"""Fuzzing every postback endpoint, bounded (issue 7, part 3; the long run is ops/chaos/fuzz.py).
+"""Fuzzing every postback endpoint, bounded (the long run is ops/chaos/fuzz.py).
 
 hypothesis drives the fuzzer's own grammar (`ops/chaos/fuzzlib.py`) through a `Source` that
 draws every choice, so a failure shrinks to a small request. Each example is one item: a
@@ -15,6 +15,7 @@ schemathesis on /v1/ is tests/integration/test_openapi.py.
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -31,6 +32,7 @@ from ops.chaos.fuzzlib import (
     Grammar,
     Ledger,
     Pair,
+    RandomSource,
     Req,
     Target,
     send_item,
@@ -44,7 +46,17 @@ TARGET = Target(
     inbrain_secret="test-fuzz-inbrain-secret",
     adgate_token="test-fuzz-adgate-token_0123456789",
 )
-FUZZ = ["path", "medioot", "medioot-near", "inbrain", "inbrain-near", "adgate", "raw"]
+FUZZ = [
+    "path",
+    "medioot",
+    "medioot-near",
+    "inbrain",
+    "inbrain-near",
+    "adgate",
+    "raw",
+    "shift",
+    "deep",
+]
 EXAMPLES = 35  # per family: about 300 examples in all, well under a minute
 
 
@@ -99,6 +111,8 @@ async def run(
         seen = f"{reply.status or reply.error} {reply.body[:300]!r} for {req.describe(2000)}"
         assert reply.status is None or reply.status < 500, f"a 5xx: {seen}"
         assert reply.error != "timeout", f"no answer: {seen}"
+        if req.statuses:
+            assert reply.status in req.statuses, f"must be {req.statuses}: {seen}"
         if req.valid:
             body = reply.body.decode("utf-8", "replace").strip()
             assert reply.status == 200, f"a valid postback was refused: {seen}"
@@ -134,7 +148,7 @@ async def test_fuzzed_postbacks_get_no_5xx_and_move_no_wallet(
         HealthCheck.data_too_large,
     ],
 )
-@given(data=st.data(), family=st.sampled_from(["valid", "valid", "resend"]))
+@given(data=st.data(), family=st.sampled_from(["valid", "valid", "replay", "resend"]))
 async def test_valid_postbacks_move_exactly_their_wallets(
     pair: Pair, pool: asyncpg.Pool, state: tuple[Grammar, Ledger], family: str, data: Any
 ) -> None:
@@ -142,6 +156,30 @@ async def test_valid_postbacks_move_exactly_their_wallets(
     through the trusted proxy, credits with their reversals, conflicts and exact repeats."""
     grammar, _ = state
     await run(pair, pool, state, grammar.item(Draws(data), family))
+
+
+async def test_captured_postbacks_reshaped_or_replayed_move_at_most_what_the_rules_allow(
+    pair: Pair, pool: asyncpg.Pool, state: tuple[Grammar, Ledger]
+) -> None:
+    """Seeded items of the two families built from one captured postback, many enough to hold
+    every case: boundary shifts (403, nothing moves), and replays with the unsigned fields
+    changed, among them reversals larger than their credit (they take back the credit only),
+    conflicts (a second reversal, another user's) and reversals that never pair."""
+    grammar, _ = state
+    reversals_above_credit = 0
+    for i in range(80):
+        reqs = grammar.item(
+            RandomSource(random.Random(f"captured/{i}")), ("shift", "replay")[i % 2]
+        )
+        await run(pair, pool, state, reqs)
+        credits = {e.link: e for r in reqs for e in r.expects if e.linked and e.delta > 0}
+        reversals_above_credit += sum(
+            1
+            for r in reqs
+            for e in r.expects
+            if e.linked and e.delta < 0 and e.link in credits and e.amount > credits[e.link].amount
+        )
+    assert reversals_above_credit > 0  # the case the rules bound was sent, and checked
 
 
 async def test_the_fuzz_configuration_admits_valid_adgate_only_through_the_proxy(
