@@ -168,33 +168,43 @@ CREATE INDEX IF NOT EXISTS events_receipt_offer
 -- One signature authenticates one postback. Walls sign a plain concatenation of some fields, so
 -- characters moved across a field boundary keep a signature valid; the write path refuses a
 -- signature already seen with other values of the fields it signs. Only digests are kept: of
--- the signature (lowercase) and of the signed values. Kept for good: a row is 64 bytes beside
--- an event of several hundred, and a wall may resend (or a chargeback reuse) a signature months
--- later.
+-- the signature (lowercase) and of the signed values. `reversal`: it was first seen on a
+-- reversal, so it cannot then authenticate a credit (a captured chargeback URL with its status
+-- flipped). Kept for good: a row is under 100 bytes beside an event of several hundred, and a
+-- wall may resend (or a chargeback reuse) a signature months later.
 CREATE TABLE IF NOT EXISTS signatures (
     provider    text        NOT NULL,
     signature   bytea       NOT NULL,
     signed      bytea       NOT NULL,
+    reversal    boolean     NOT NULL DEFAULT false,
     first_seen  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (provider, signature)
 );
 
 -- Projection: each wall transaction's credit and reversal (domain/settlement.py), so that a
 -- reversal takes back at most what its credit gave, from the same user, once. The link is the
--- click `uuid` when the wall sent one, else the wall's transaction id (provider_ref).
+-- wall's transaction id (provider_ref), or the one a reversal was linked to by its click
+-- (data.link). `click`: the credit's click id (Medioot's uuid), by which a reversal sent under a
+-- transaction id of its own finds its credit. `reversal_whole`: the reversal takes back the
+-- whole credit, whatever amount it names (a wall that does not sign the amount).
 CREATE TABLE IF NOT EXISTS settlements (
-    provider       text        NOT NULL,
-    link           text        NOT NULL,
-    credit_key     text,
-    credit_user    text        NOT NULL DEFAULT '',
-    credited       numeric     NOT NULL DEFAULT 0,
-    reversal_key   text,
-    reversal_user  text        NOT NULL DEFAULT '',
-    reversed       numeric     NOT NULL DEFAULT 0,
-    last_position  bigint      NOT NULL DEFAULT 0,
-    updated_at     timestamptz NOT NULL DEFAULT now(),
+    provider        text        NOT NULL,
+    link            text        NOT NULL,
+    click           text,
+    credit_key      text,
+    credit_user     text        NOT NULL DEFAULT '',
+    credited        numeric     NOT NULL DEFAULT 0,
+    reversal_key    text,
+    reversal_user   text        NOT NULL DEFAULT '',
+    reversed        numeric     NOT NULL DEFAULT 0,
+    reversal_whole  boolean     NOT NULL DEFAULT false,
+    last_position   bigint      NOT NULL DEFAULT 0,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (provider, link)
 );
+
+CREATE INDEX IF NOT EXISTS settlements_click ON settlements (provider, click)
+    WHERE click IS NOT NULL;
 
 -- A log written before settlements existed: pair its credits and reversals once, the first of
 -- each per transaction (the write path now refuses a second one), so that a chargeback arriving
@@ -204,9 +214,10 @@ DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM settlements)
        AND EXISTS (SELECT 1 FROM events WHERE type IN ('credited', 'reversed') AND NOT test) THEN
-        INSERT INTO settlements (provider, link, credit_key, credit_user, credited,
+        INSERT INTO settlements (provider, link, click, credit_key, credit_user, credited,
                                  reversal_key, reversal_user, reversed, last_position)
         SELECT provider, link,
+               (array_agg(data->>'uuid' ORDER BY position) FILTER (WHERE type = 'credited'))[1],
                (array_agg(key ORDER BY position) FILTER (WHERE type = 'credited'))[1],
                coalesce((array_agg(user_id ORDER BY position)
                          FILTER (WHERE type = 'credited'))[1], ''),
@@ -218,7 +229,7 @@ BEGIN
                coalesce((array_agg(amount ORDER BY position)
                          FILTER (WHERE type = 'reversed'))[1], 0),
                max(position)
-        FROM (SELECT *, coalesce(nullif(data->>'uuid', ''), provider_ref) AS link
+        FROM (SELECT *, coalesce(data->>'link', provider_ref) AS link
               FROM events WHERE type IN ('credited', 'reversed') AND NOT test) AS e
         GROUP BY provider, link;
     END IF;

@@ -39,12 +39,14 @@ _COPY_OFFERS = (
 _COPY_SETTLEMENTS = (
     "provider",
     "link",
+    "click",
     "credit_key",
     "credit_user",
     "credited",
     "reversal_key",
     "reversal_user",
     "reversed",
+    "reversal_whole",
     "last_position",
 )
 
@@ -101,12 +103,14 @@ async def rebuild(conn: asyncpg.Connection, key: ChainKey) -> tuple[int, int, in
                     (
                         key[0],
                         key[1],
+                        s.click,
                         s.credit_key,
                         s.credit_user,
                         s.credited,
                         s.reversal_key,
                         s.reversal_user,
                         s.reversed,
+                        s.reversal_whole,
                         result.settlement_last[key],
                     )
                     for key, s in result.settlements.items()

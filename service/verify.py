@@ -72,12 +72,14 @@ _OFFER_FIELDS = (
 
 
 _SETTLEMENT_FIELDS = (
+    "click",
     "credit_key",
     "credit_user",
     "credited",
     "reversal_key",
     "reversal_user",
     "reversed",
+    "reversal_whole",
 )
 
 

@@ -212,7 +212,7 @@ async def snapshot_offers(conn: asyncpg.Connection) -> dict[tuple[str, str], Any
 
 async def snapshot_settlements(conn: asyncpg.Connection) -> dict[tuple[str, str], Any]:
     rows = await conn.fetch(
-        "SELECT provider, link, credit_key, credit_user, credited, reversal_key, reversal_user,"
-        " reversed FROM settlements"
+        "SELECT provider, link, click, credit_key, credit_user, credited, reversal_key,"
+        " reversal_user, reversed, reversal_whole FROM settlements"
     )
     return {(r["provider"], r["link"]): r for r in rows}

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import msgspec
 
 from .. import metrics
-from ..domain import receipt_offers, settlement, wallet
+from ..domain import admission, receipt_offers, settlement, wallet
 from ..domain.events import Outcome, Postback
 from ..logs import log
 from ..providers.base import Answer, AuthReason
@@ -45,8 +45,8 @@ WITH locked AS (
     FROM (SELECT DISTINCT hashtextextended(n, 0) AS h FROM unnest($1::text[]) AS n
           ORDER BY h) AS l
 ), signed AS (
-    INSERT INTO signatures (provider, signature, signed)
-    SELECT * FROM unnest($2::text[], $3::bytea[], $4::bytea[])
+    INSERT INTO signatures (provider, signature, signed, reversal)
+    SELECT * FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::bool[])
     WHERE (SELECT n FROM locked) >= 0
     ON CONFLICT (provider, signature) DO NOTHING
     RETURNING provider, signature
@@ -56,18 +56,21 @@ UNION ALL SELECT NULL, NULL FROM locked
 """
 
 _SIGNATURES = """
-SELECT s.provider, s.signature, s.signed
+SELECT s.provider, s.signature, s.signed, s.reversal
 FROM signatures AS s
 JOIN unnest($1::text[], $2::bytea[]) AS k(provider, signature)
   ON s.provider = k.provider AND s.signature = k.signature
 """
 
+# The batch's wall transactions, by link, and those of the clicks its postbacks name (a reversal
+# sent under a transaction id of its own finds its credit by the click, and the other way round).
 _SETTLEMENTS = """
-SELECT s.provider, s.link, s.credit_key, s.credit_user, s.credited, s.reversal_key,
-       s.reversal_user, s.reversed
+SELECT s.provider, s.link, s.click, s.credit_key, s.credit_user, s.credited, s.reversal_key,
+       s.reversal_user, s.reversed, s.reversal_whole
 FROM settlements AS s
-JOIN unnest($1::text[], $2::text[]) AS k(provider, link)
-  ON s.provider = k.provider AND s.link = k.link
+WHERE (s.provider, s.link) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+   OR (s.click IS NOT NULL
+       AND (s.provider, s.click) IN (SELECT * FROM unnest($3::text[], $4::text[])))
 """
 
 # The unique constraint decides what is new; rows it skips are looked up afterwards. Rows arrive
@@ -131,22 +134,33 @@ ON CONFLICT (provider, upload_offer_id) DO UPDATE SET
     updated_at = now()
 """
 
-# A wall transaction's credit and reversal (domain/settlement.py), written whole.
+# A wall transaction's credit and reversal (domain/settlement.py), written whole. The write path
+# decided from the row it read under the transaction's lock; a reversal linked by its click
+# holds the click's lock instead, so as a guard every slot it fills must still be empty (or
+# already its own): a row changed meanwhile is not updated, `append` sees fewer rows than it
+# wrote, and the whole transaction is retried on fresh reads.
 _SETTLE = """
-INSERT INTO settlements AS s (provider, link, credit_key, credit_user, credited, reversal_key,
-                              reversal_user, reversed, last_position, updated_at)
+INSERT INTO settlements AS s (provider, link, click, credit_key, credit_user, credited,
+                              reversal_key, reversal_user, reversed, reversal_whole,
+                              last_position, updated_at)
 SELECT *, now()
-FROM unnest(${0}::text[], ${1}::text[], ${2}::text[], ${3}::text[], ${4}::numeric[],
-            ${5}::text[], ${6}::text[], ${7}::numeric[], ${8}::bigint[])
+FROM unnest(${0}::text[], ${1}::text[], ${2}::text[], ${3}::text[], ${4}::text[],
+            ${5}::numeric[], ${6}::text[], ${7}::text[], ${8}::numeric[], ${9}::bool[],
+            ${10}::bigint[])
 ON CONFLICT (provider, link) DO UPDATE SET
+    click = EXCLUDED.click,
     credit_key = EXCLUDED.credit_key,
     credit_user = EXCLUDED.credit_user,
     credited = EXCLUDED.credited,
     reversal_key = EXCLUDED.reversal_key,
     reversal_user = EXCLUDED.reversal_user,
     reversed = EXCLUDED.reversed,
+    reversal_whole = EXCLUDED.reversal_whole,
     last_position = EXCLUDED.last_position,
     updated_at = now()
+WHERE (s.credit_key IS NULL OR s.credit_key = EXCLUDED.credit_key)
+  AND (s.reversal_key IS NULL OR s.reversal_key = EXCLUDED.reversal_key)
+RETURNING 1
 """
 
 _LOG = """
@@ -163,8 +177,10 @@ _INSERT_LOG = _LOG.format(*range(1, 10))
 # receipt offers, wallets (rebuild locks them in that order too).
 _WALLETS_AND_LOG = f"WITH changed AS ({_WALLETS.format(*range(1, 7))}) {_LOG.format(*range(7, 16))}"
 _PROJECT_AND_LOG = (
-    f"WITH settled AS ({_SETTLE.format(*range(1, 10))}),"
-    f" changed AS ({_WALLETS.format(*range(10, 16))}) {_LOG.format(*range(16, 25))}"
+    f"WITH settled AS ({_SETTLE.format(*range(1, 12))}),"
+    f" changed AS ({_WALLETS.format(*range(12, 18))}),"
+    f" logged AS ({_LOG.format(*range(18, 27))})"
+    " SELECT count(*) FROM settled"
 )
 
 _ATTEMPTS = 3
@@ -213,20 +229,6 @@ class _Stored:
     position: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Refusal:
-    """A postback refused by what the log already holds, before anything of it was written."""
-
-    outcome: Outcome
-    detail: str
-    auth_reason: AuthReason | None = None
-
-
-_REPLAY = _Refusal(
-    Outcome.REJECTED, "signature already used with other values of the fields it signs", "replay"
-)
-
-
 def _fingerprint(p: Postback) -> Fingerprint:
     offer = receipt_offers.offer_key(p)
     status = str(p.data.get("status")) if offer else None
@@ -249,9 +251,13 @@ async def append(pool: asyncpg.Pool, batch: Sequence[Submission]) -> list[Receip
                 async with pool.acquire() as conn, conn.transaction():
                     results, new = await _append(conn, batch)
             break
-        except Unavailable as exc:
-            retriable = isinstance(exc.__cause__, asyncpg.TransactionRollbackError)
+        except (Unavailable, _Contended) as exc:
+            retriable = isinstance(exc, _Contended) or isinstance(
+                exc.__cause__, asyncpg.TransactionRollbackError
+            )
             if not retriable or attempt == _ATTEMPTS:
+                if isinstance(exc, _Contended):
+                    raise Unavailable(f"write contended: {exc}") from exc
                 raise
             log.warning("write transaction rolled back, retrying", attempt=attempt, error=str(exc))
     for postback in new:
@@ -268,18 +274,24 @@ async def _append(
     conn: asyncpg.Connection, batch: Sequence[Submission]
 ) -> tuple[list[Receipt], list[Postback]]:
     postbacks = [sub.postback for sub in batch if sub.postback is not None]
-    replays = await _replays(conn, postbacks, await _lock_and_sign(conn, postbacks))
+    unsigned = admission.signature_refusals(
+        postbacks, await _signature_uses(conn, postbacks, await _lock_and_sign(conn, postbacks))
+    )
 
-    # The first copy of each key that is not a replay is the candidate; later copies are judged
-    # against whatever the log holds for that key, exactly as a copy in a later batch would be.
+    # The first copy of each key that its signature authenticates is the candidate; later copies
+    # are judged against whatever the log holds for that key, as a copy in a later batch would be.
     candidates: dict[Key, Postback] = {}
     for p in postbacks:
-        if id(p) not in replays:
+        if id(p) not in unsigned:
             candidates.setdefault((p.provider, p.key), p)
     links = await _settlements(conn, list(candidates.values()))
     offers = await _offers(conn, list(candidates.values()))
-    refused = _conflicts(sorted(candidates.items()), links, offers)
-    ordered = [candidates[k] for k in sorted(candidates) if k not in refused]
+    refused, resolved = admission.admit(
+        sorted(candidates.items()), links, {k: o.user_id for k, o in offers.items()}
+    )
+    # What is written: a reversal linked by its click carries the link it was given.
+    admitted = {k: resolved.get(k, p) for k, p in candidates.items() if k not in refused}
+    ordered = [admitted[k] for k in sorted(admitted)]
 
     inserted: dict[Key, int] = {}
     stored: dict[Key, _Stored] = {}
@@ -287,8 +299,8 @@ async def _append(
         rows = await conn.fetch(_INSERT, *_event_columns(ordered))
         inserted = {(r["provider"], r["key"]): r["position"] for r in rows}
         for key, position in inserted.items():
-            stored[key] = _Stored(_fingerprint(candidates[key]), position)
-        skipped = [k for k in candidates if k not in inserted and k not in refused]
+            stored[key] = _Stored(_fingerprint(admitted[key]), position)
+        skipped = [k for k in admitted if k not in inserted]
         if skipped:
             rows = await conn.fetch(
                 _EXISTING_EVENTS, [k[0] for k in skipped], [k[1] for k in skipped]
@@ -306,7 +318,7 @@ async def _append(
 
     # In position order: the order the receipt state machine and the settlements must see each
     # offer's and each transaction's events in.
-    new = [candidates[k] for k in sorted(inserted, key=inserted.__getitem__)]
+    new = [admitted[k] for k in sorted(inserted, key=inserted.__getitem__)]
     decided = await _apply_receipts(conn, new, inserted, offers)
     moved, settled = _settle(new, inserted, links)
     results: list[Receipt] = []
@@ -314,10 +326,10 @@ async def _append(
     for sub in batch:
         pb = sub.postback
         refusal = None
-        if pb is not None and id(pb) in replays:
-            refusal = _REPLAY
-        elif pb is not None and candidates.get((pb.provider, pb.key)) is pb:
-            refusal = refused.get((pb.provider, pb.key))
+        if pb is not None:
+            refusal = unsigned.get(id(pb))
+            if refusal is None and candidates.get((pb.provider, pb.key)) is pb:
+                refusal = refused.get((pb.provider, pb.key))
         if refusal is not None:
             results.append(_refused(sub, refusal))
         else:
@@ -325,12 +337,14 @@ async def _append(
 
     log = _log_columns(batch, results)
     if settled:
-        await conn.execute(
+        written = await conn.fetchval(
             _PROJECT_AND_LOG,
             *_settlement_columns(settled),
             *_wallet_columns(new, inserted, moved),
             *log,
         )
+        if written != len(settled):
+            raise _Contended(f"{len(settled) - written} wall transactions changed meanwhile")
     elif new:
         await conn.execute(_WALLETS_AND_LOG, *_wallet_columns(new, inserted, moved), *log)
     else:
@@ -338,66 +352,73 @@ async def _append(
     return results, new
 
 
-Signatures = dict[tuple[str, bytes], bytes]  # (provider, signature digest) -> values digest
+class _Contended(Exception):
+    """A settlement changed between its read and its write (see _SETTLE): retry the batch."""
 
 
-async def _lock_and_sign(conn: asyncpg.Connection, postbacks: list[Postback]) -> Signatures:
+async def _lock_and_sign(
+    conn: asyncpg.Connection, postbacks: list[Postback]
+) -> dict[admission.SignatureName, admission.SignatureUse]:
     """Take the batch's locks; record the signatures first seen here (see _LOCK_AND_SIGN) and
-    return them with the values they vouch for."""
+    return their first uses."""
     if not postbacks:
         return {}
-    first: Signatures = {}
-    for p in postbacks:
-        if p.signed is not None:
-            first.setdefault((p.provider, p.signed.signature), p.signed.values)
     # Sorted, so that two batches inserting the same signatures wait on them in one order.
-    rows = sorted(first.items())
+    uses = sorted(admission.first_uses(postbacks).items())
     recorded = await conn.fetch(
         _LOCK_AND_SIGN,
         _lock_names(postbacks),
-        [k[0] for k, _ in rows],
-        [k[1] for k, _ in rows],
-        [v for _, v in rows],
+        [name[0] for name, _ in uses],
+        [name[1] for name, _ in uses],
+        [use.values for _, use in uses],
+        [use.reversal for _, use in uses],
     )
     new = {(r["provider"], bytes(r["signature"])) for r in recorded if r["provider"] is not None}
-    return {k: v for k, v in first.items() if k in new}
+    return {name: use for name, use in uses if name in new}
 
 
-async def _replays(
-    conn: asyncpg.Connection, postbacks: list[Postback], recorded: Signatures
-) -> set[int]:
-    """The postbacks (by id) whose signature was seen with other values of the signed fields:
-    before this batch, or earlier in it. `recorded` holds the signatures this batch saw first."""
-    signed = [p for p in postbacks if p.signed is not None]
-    values = dict(recorded)
+async def _signature_uses(
+    conn: asyncpg.Connection,
+    postbacks: list[Postback],
+    recorded: dict[admission.SignatureName, admission.SignatureUse],
+) -> dict[admission.SignatureName, admission.SignatureUse]:
+    """The first use of every signature of the batch: `recorded` here, or read."""
+    uses = dict(recorded)
     seen = sorted(
-        {k for p in signed if p.signed and (k := (p.provider, p.signed.signature)) not in values}
+        {(p.provider, p.signed.signature) for p in postbacks if p.signed is not None} - set(uses)
     )
     if seen:
-        # The locks and the unique key leave each signature exactly one committed row by now:
-        # the values it vouched for the first time it was seen.
+        # The locks and the unique key leave each signature exactly one committed row by now.
         rows = await conn.fetch(_SIGNATURES, [k[0] for k in seen], [k[1] for k in seen])
-        values.update({(r["provider"], bytes(r["signature"])): bytes(r["signed"]) for r in rows})
-    return {
-        id(p)
-        for p in signed
-        if p.signed is not None and values[(p.provider, p.signed.signature)] != p.signed.values
-    }
+        for r in rows:
+            uses[(r["provider"], bytes(r["signature"]))] = admission.SignatureUse(
+                bytes(r["signed"]), r["reversal"]
+            )
+    return uses
 
 
 async def _settlements(conn: asyncpg.Connection, postbacks: list[Postback]) -> settlement.Links:
     names = sorted({n for p in postbacks if (n := settlement.link(p)) is not None})
     if not names:
         return {}
-    rows = await conn.fetch(_SETTLEMENTS, [n[0] for n in names], [n[1] for n in names])
+    clicks = sorted({c for p in postbacks if (c := settlement.click(p)) is not None})
+    rows = await conn.fetch(
+        _SETTLEMENTS,
+        [n[0] for n in names],
+        [n[1] for n in names],
+        [c[0] for c in clicks],
+        [c[1] for c in clicks],
+    )
     return {
         (r["provider"], r["link"]): settlement.Settlement(
+            click=r["click"],
             credit_key=r["credit_key"],
             credit_user=r["credit_user"],
             credited=r["credited"],
             reversal_key=r["reversal_key"],
             reversal_user=r["reversal_user"],
             reversed=r["reversed"],
+            reversal_whole=r["reversal_whole"],
         )
         for r in rows
     }
@@ -425,42 +446,18 @@ async def _offers(conn: asyncpg.Connection, postbacks: list[Postback]) -> Offers
     }
 
 
-def _conflicts(
-    candidates: list[tuple[Key, Postback]], links: settlement.Links, offers: Offers
-) -> dict[Key, _Refusal]:
-    """The candidates that cannot be recorded against their wall transaction or receipt offer.
-    Candidates come in key order, the order they will be inserted in, and each one that passes
-    counts for those after it (copies, so the loaded state stays what the log holds)."""
-    links, owners = dict(links), {k: o.user_id for k, o in offers.items()}
-    refused: dict[Key, _Refusal] = {}
-    for key, p in candidates:
-        name = settlement.link(p)
-        if name is not None:
-            current = links.get(name, settlement.Settlement())
-            reason = settlement.conflict(current, p)
-            if reason is not None:
-                refused[key] = _Refusal(Outcome.CONFLICT, reason)
-                continue
-            links[name], _ = settlement.settle(current, p)
-        offer = receipt_offers.offer_key(p)
-        if offer is not None:
-            owner = owners.setdefault(offer, p.user_id)
-            if owner != p.user_id:
-                refused[key] = _Refusal(
-                    Outcome.CONFLICT, "the receipt offer belongs to another user"
-                )
-    return refused
-
-
 def _lock_names(postbacks: list[Postback]) -> list[str]:
     names = {f"user:{p.user_id}" for p in postbacks}
-    for p in postbacks:
+    for p in postbacks:  # provider names hold no ':'
         offer = receipt_offers.offer_key(p)
         if offer is not None:
-            names.add(f"offer:{offer[0]}:{offer[1]}")  # provider names hold no ':'
+            names.add(f"offer:{offer[0]}:{offer[1]}")
         name = settlement.link(p)
         if name is not None:
             names.add(f"link:{name[0]}:{name[1]}")
+        clicked = settlement.click(p)
+        if clicked is not None:
+            names.add(f"click:{clicked[0]}:{clicked[1]}")
     return sorted(names)
 
 
@@ -517,9 +514,10 @@ def _settle(
     return moved, settled
 
 
-def _refused(sub: Submission, refusal: _Refusal) -> Receipt:
+def _refused(sub: Submission, refusal: admission.Refusal) -> Receipt:
     answer = sub.answer(refusal.outcome, refusal.detail)
-    return Receipt(refusal.outcome, refusal.detail, answer, None, refusal.auth_reason)
+    reason = cast(AuthReason | None, refusal.auth_reason)
+    return Receipt(refusal.outcome, refusal.detail, answer, None, reason)
 
 
 def refusal_receipt(sub: Submission) -> Receipt:
@@ -580,12 +578,14 @@ def _settlement_columns(settled: _Settled) -> list[list[Any]]:
     return [
         [n[0] for n in names],
         [n[1] for n in names],
+        [s.click for s, _ in rows],
         [s.credit_key for s, _ in rows],
         [s.credit_user for s, _ in rows],
         [s.credited for s, _ in rows],
         [s.reversal_key for s, _ in rows],
         [s.reversal_user for s, _ in rows],
         [s.reversed for s, _ in rows],
+        [s.reversal_whole for s, _ in rows],
         [position for _, position in rows],
     ]
 

@@ -1,12 +1,21 @@
 """Credits and their reversals, paired per wall transaction, as a pure fold.
 
 A wall reverses a credit (a chargeback) by sending a reversal for the same transaction: the same
-`transid` or `RewardId`, or, on walls that give a reversal a transaction id of its own, the same
-click (`uuid`). That transaction is the event's *link*. Per link:
+`transid` or `RewardId`. That transaction is the event's *link*. Some walls give a reversal a
+transaction id of its own and name the credit's click instead (Medioot's `uuid`, kept as
+`data.uuid`): when a reversal's own transaction has no credit, the write path links it to the
+credited transaction of its click, and when a credit's own transaction has nothing yet, to a
+transaction of its click that holds only a reversal (one that arrived first). It records that
+link in the event (`data.link`), so that a replay pairs them the same way. The click is not
+signed, so it only ever joins an event to a transaction that is missing its other half: a
+captured URL resent with another click cannot move a chargeback away from its credit. Per link:
 
 - at most one credit and one reversal are recorded; a second one is a conflict;
 - a reversal takes back at most what its credit gave, and only from the credit's user: the pair
-  moves the balance by `credit - min(reversal, credit)`;
+  moves the balance by `credit - min(reversal, credit)`, or by nothing when the reversal takes
+  back the whole credit whatever amount it names (`data.reverses_whole_credit`: a wall whose
+  signature does not cover the amount, so that a forged small reversal cannot pre-empt the
+  real one);
 - a reversal whose credit has not arrived moves nothing until the credit does, and one that
   names another user than the credit never pairs with it (it is a conflict when the credit is
   already there).
@@ -25,6 +34,8 @@ import msgspec
 
 from .amounts import EXACT, ZERO
 from .events import EventType
+
+WHOLE = "reverses_whole_credit"  # data flag of a reversal that takes back the whole credit
 
 
 class LinkedEvent(Protocol):
@@ -49,12 +60,14 @@ class LinkedEvent(Protocol):
 class Settlement(msgspec.Struct, frozen=True):
     """What one wall transaction has recorded: its credit and its reversal, each optional."""
 
+    click: str | None = None
     credit_key: str | None = None
     credit_user: str = ""
     credited: Decimal = ZERO
     reversal_key: str | None = None
     reversal_user: str = ""
     reversed: Decimal = ZERO
+    reversal_whole: bool = False
 
 
 class Movement(msgspec.Struct, frozen=True):
@@ -66,15 +79,42 @@ class Movement(msgspec.Struct, frozen=True):
 
 
 NONE = Movement()
+Links = MutableMapping[tuple[str, str], Settlement]
 
 
 def link(event: LinkedEvent) -> tuple[str, str] | None:
     """(provider, wall transaction) of a credit or reversal; None for events that pair with
-    nothing (receipt statuses, test events). The click `uuid` wins over the transaction id, so
-    a reversal sent under a new transaction id still finds its credit."""
+    nothing (receipt statuses, test events)."""
     if event.test or event.type not in (EventType.CREDITED, EventType.REVERSED):
         return None
-    return event.provider, str(event.data.get("uuid") or event.provider_ref)
+    return event.provider, str(event.data.get("link") or event.provider_ref)
+
+
+def click(event: LinkedEvent) -> tuple[str, str] | None:
+    """(provider, click id) of a credit or reversal that names its click; None otherwise."""
+    value = event.data.get("uuid")
+    if not value or link(event) is None:
+        return None
+    return event.provider, str(value)
+
+
+def linked_by_click(
+    event: LinkedEvent, own: Settlement | None, clicked: tuple[str, Settlement] | None
+) -> str | None:
+    """The transaction of its click (`clicked`: its link and settlement) that `event` joins, or
+    None: a reversal whose own transaction has no credit joins a credited one; a credit whose own
+    transaction holds nothing joins one that holds only a reversal of the same user."""
+    if clicked is None:
+        return None
+    other = clicked[1]
+    if event.type is EventType.REVERSED:
+        if own is not None and own.credit_key is not None:
+            return None
+        return clicked[0] if other.credit_key is not None else None
+    if own is not None and (own.credit_key is not None or own.reversal_key is not None):
+        return None
+    lone = other.credit_key is None and other.reversal_key is not None
+    return clicked[0] if lone and other.reversal_user == event.user_id else None
 
 
 def _paired(s: Settlement) -> Movement:
@@ -83,7 +123,8 @@ def _paired(s: Settlement) -> Movement:
         return NONE
     if s.reversal_key is None or s.reversal_user != s.credit_user:
         return Movement(credited=s.credited)
-    return Movement(credited=s.credited, reversed=min(s.reversed, s.credited))
+    taken = s.credited if s.reversal_whole else min(s.reversed, s.credited)
+    return Movement(credited=s.credited, reversed=taken)
 
 
 def conflict(s: Settlement, event: LinkedEvent) -> str | None:
@@ -103,21 +144,29 @@ def conflict(s: Settlement, event: LinkedEvent) -> str | None:
 def settle(s: Settlement, event: LinkedEvent) -> tuple[Settlement, Movement]:
     """The link after `event` (checked with `conflict` first) and what `event` moves."""
     if event.type is EventType.CREDITED:
+        named = click(event)
         after = msgspec.structs.replace(
-            s, credit_key=event.key, credit_user=event.user_id, credited=event.amount
+            s,
+            click=s.click or (named[1] if named else None),
+            credit_key=event.key,
+            credit_user=event.user_id,
+            credited=event.amount,
         )
     else:
+        named = click(event)
         after = msgspec.structs.replace(
-            s, reversal_key=event.key, reversal_user=event.user_id, reversed=event.amount
+            s,
+            click=s.click or (named[1] if named else None),
+            reversal_key=event.key,
+            reversal_user=event.user_id,
+            reversed=event.amount,
+            reversal_whole=event.data.get(WHOLE) is True,
         )
     before, now = _paired(s), _paired(after)
     return after, Movement(
         credited=EXACT.subtract(now.credited, before.credited),
         reversed=EXACT.subtract(now.reversed, before.reversed),
     )
-
-
-Links = MutableMapping[tuple[str, str], Settlement]
 
 
 def unlinked(event: LinkedEvent) -> Movement:

@@ -14,6 +14,7 @@ import msgspec
 
 from ..domain.amounts import AmountError, check_amount, format_amount, parse_amount
 from ..domain.events import EventType, Outcome, Postback, Signed
+from ..domain.settlement import WHOLE
 from ..settings import Provider
 from .base import (
     Answer,
@@ -64,24 +65,30 @@ def normalise(provider: Provider, inbound: Inbound) -> Postback:
         raise Unauthenticated("signature", "invalid signature")
     amount = _amount("Reward", callback.Reward)
     reversal = callback.RewardType == REVERSAL
-    data: dict[str, str] = {"reward_type": checked("RewardType", callback.RewardType, limit=100)}
+    data: dict[str, object] = {"reward_type": checked("RewardType", callback.RewardType, limit=100)}
     for name, value in (("offer_title", callback.OfferTitle), ("session_id", callback.SessionId)):
         if value:
             data[name] = checked(name, value, limit=2000)
     if bytes(callback.RevenueAmount) != b"null":
         data["revenue_amount"] = format_amount(_amount("RevenueAmount", callback.RevenueAmount))
+    if reversal:
+        # The Sig covers neither Reward nor RewardType, so anyone holding one callback could
+        # send its reversal with a Reward of 0 first, and the real chargeback would then be a
+        # conflict. A reversal therefore takes back the whole credit, whatever Reward it names.
+        data[WHOLE] = True
+    kind = "reversal" if reversal else "credit"
     return Postback(
         provider=provider.name,
-        # A reversal may reuse the RewardId of the completion it reverses: two events.
-        key=f"{'reversal' if reversal else 'credit'}:{reward_id}",
+        # A reversal may reuse the RewardId of the completion it reverses: two events. A test
+        # callback has keys of its own, so that one sent with IsTest (it moves nothing) cannot
+        # take the key of the real one.
+        key=f"{'test-' if callback.IsTest else ''}{kind}:{reward_id}",
         type=EventType.REVERSED if reversal else EventType.CREDITED,
         user_id=panelist,
         amount=amount,
         provider_ref=reward_id,
         test=callback.IsTest,
         data=data,
-        # The Sig covers neither Reward nor RewardType: a replay cannot change the signed pair,
-        # and a reversal made from a captured credit takes back at most that credit.
         signed=Signed.of(callback.Sig, panelist, reward_id),
     )
 

@@ -85,8 +85,11 @@ async def test_reversal_before_credit_ends_the_same(client: Client) -> None:
     user, tx = unique(), unique("tx")
     assert await get(client, medioot(user, tx, "3", status="2")) == (200, "OK")
     assert await balance(client, user) == "0"  # recorded; it waits for the credit it reverses
-    assert await get(client, medioot(user, tx, "3")) == (200, "OK")
+    # The credit's signature was first used by its reversal: the two cancel out, nothing moves.
+    assert await get(client, medioot(user, tx, "3")) == (200, "DUP")
     assert await balance(client, user) == "0"
+    assert await get(client, medioot(user, tx, "5")) == (200, "OK")  # another amount, signed
+    assert await balance(client, user) == "2"
 
 
 async def test_reversal_with_new_transid_keeps_the_click_link(

@@ -221,10 +221,20 @@ def test_reversal_takes_back_its_credit() -> None:
     assert postback.type is EventType.REVERSED
     assert postback.key == "reversal:R1"
     assert postback.amount == Decimal("2.50")
-    # Alone it waits for its credit; after the credit it takes back as much as that gave.
+    # Alone it waits for its credit; then it takes back the whole credit, whatever Reward it
+    # names: the Sig does not cover Reward, so a forged small reversal must not pre-empt it.
     assert wallet.outcome(wallet.alone(postback)) is Outcome.RECORDED
+    assert postback.data["reverses_whole_credit"] is True
     credit = normalise(callback("u", "R1", Raw("4"), RewardType="offer_completed"))
-    assert wallet.fold([credit, postback]).balance == Decimal("1.50")
+    assert wallet.fold([credit, postback]) == wallet.Wallet(Decimal(0), Decimal(4), Decimal(4), 2)
+
+
+def test_a_test_callback_has_keys_of_its_own() -> None:
+    real = normalise(callback("u", "R1", Raw("4"), RewardType="offer_completion_reversed"))
+    test = normalise(
+        callback("u", "R1", Raw("4"), RewardType="offer_completion_reversed", IsTest=True)
+    )
+    assert (real.key, test.key) == ("reversal:R1", "test-reversal:R1")
 
 
 def test_the_signature_vouches_for_the_panelist_and_the_reward_id_only() -> None:

@@ -10,7 +10,16 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from service.domain.events import EventType, Outcome, Postback
-from service.domain.settlement import NONE, Movement, Settlement, conflict, link, move, settle
+from service.domain.settlement import (
+    NONE,
+    Movement,
+    Settlement,
+    conflict,
+    link,
+    linked_by_click,
+    move,
+    settle,
+)
 from service.domain.wallet import Wallet, apply, fold, outcome
 
 # Amounts the contract allows: 15 integer digits and 20 decimals, 35 significant digits.
@@ -26,6 +35,7 @@ def event(
     test: bool = False,
     user: str = "u1",
     uuid: str = "",
+    link: str = "",
 ) -> Postback:
     kind = "credit" if type_ is EventType.CREDITED else "reversal"
     return Postback(
@@ -36,7 +46,7 @@ def event(
         amount=Decimal(amount),
         provider_ref=transid,
         test=test,
-        data={"uuid": uuid} if uuid else {},
+        data={**({"uuid": uuid} if uuid else {}), **({"link": link} if link else {})},
     )
 
 
@@ -84,8 +94,9 @@ def test_a_reversal_for_another_user_never_pairs() -> None:
 
 
 def test_a_second_reversal_of_one_credit_is_a_conflict_and_moves_nothing() -> None:
-    first = reversal("10", "t2", uuid="click-1")
-    second = reversal("10", "t3", uuid="click-1")
+    # Two reversals linked to one credit by its click (as the write path records them).
+    first = reversal("10", "t2", uuid="click-1", link="t1")
+    second = reversal("10", "t3", uuid="click-1", link="t1")
     credited, _ = settle(Settlement(), credit("10", uuid="click-1"))
     reversed_, _ = settle(credited, first)
     assert (
@@ -95,8 +106,8 @@ def test_a_second_reversal_of_one_credit_is_a_conflict_and_moves_nothing() -> No
 
 
 def test_a_second_credit_of_one_transaction_is_a_conflict() -> None:
-    credited, _ = settle(Settlement(), credit("10", "t1", uuid="click-1"))
-    reason = conflict(credited, credit("10", "t9", uuid="click-1"))
+    credited, _ = settle(Settlement(), credit("10", "t1"))
+    reason = conflict(credited, credit("10", "t9", link="t1"))
     assert reason == "this transaction was already credited by another postback"
 
 
@@ -106,9 +117,18 @@ def test_a_retry_of_the_recorded_event_is_no_conflict_here() -> None:
     assert conflict(credited, credit("99")) is None  # its idempotency key judges it
 
 
-def test_the_click_links_a_reversal_sent_under_a_new_transaction_id() -> None:
-    assert link(credit("1", "t1", uuid="click")) == link(reversal("1", "t2", uuid="click"))
-    assert fold([credit("8", "t1", uuid="click"), reversal("8", "t2", uuid="click")]).balance == 0
+def test_a_reversal_joins_the_credit_of_its_click_only_without_a_credit_of_its_own() -> None:
+    credited, _ = settle(Settlement(), credit("8", "t1", uuid="click"))
+    assert credited.click == "click"
+    later = reversal("8", "t2", uuid="click")
+    assert link(later) == ("medioot", "t2")  # signed: the transaction id, never the click
+    assert linked_by_click(later, None, ("t1", credited)) == "t1"
+    own, _ = settle(Settlement(), credit("8", "t2"))
+    assert linked_by_click(later, own, ("t1", credited)) is None
+    assert linked_by_click(later, None, ("t1", Settlement(click="click"))) is None
+    assert linked_by_click(credit("8", "t2", uuid="click"), None, ("t1", credited)) is None
+    joined = reversal("8", "t2", uuid="click", link="t1")
+    assert fold([credit("8", "t1", uuid="click"), joined]).balance == 0
 
 
 def test_without_a_click_the_transaction_id_links() -> None:
@@ -255,3 +275,13 @@ def test_replaying_a_reversal_with_a_larger_amount_takes_no_more(
     ]
     wallet = fold(events + forged)
     assert wallet.balance >= 0
+
+
+def test_a_credit_joins_a_lone_reversal_of_its_click() -> None:
+    pending, _ = settle(Settlement(), reversal("5", "t2", uuid="click"))
+    assert pending.click == "click"
+    late = credit("8", "t1", uuid="click")
+    assert linked_by_click(late, None, ("t2", pending)) == "t2"
+    assert linked_by_click(late, Settlement(reversal_key="r"), ("t2", pending)) is None
+    joined = credit("8", "t1", uuid="click", link="t2")
+    assert fold([reversal("5", "t2", uuid="click"), joined]).balance == 3
