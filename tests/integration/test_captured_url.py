@@ -388,3 +388,79 @@ async def test_an_adgate_approval_naming_another_user_is_a_conflict(
         "0",
     )
     await assert_verified(pool)
+
+
+# --- a captured URL can neither pre-empt nor undo a chargeback -----------------------------------
+
+
+async def test_a_credit_url_flipped_with_another_click_takes_back_only_its_own_credit(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    user, tx, click = unique(), unique("tx"), unique("click")
+    credit = medioot(user, tx, "10", uuid=click)
+    assert await get(client, credit) == (200, "OK")
+    forged = {**credit, "status": "2", "uuid": unique("click")}
+    assert await get(client, forged) == (200, "OK")  # what the real chargeback would have done
+    assert await balance(client, user) == "0"
+    assert await get(client, medioot(user, tx, "10", status="2", uuid=click)) == (200, "DUP")
+    assert await balance(client, user) == "0"
+    await assert_verified(pool)
+
+
+async def test_a_chargeback_url_flipped_into_a_credit_credits_nothing(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    user, click = unique(), unique("click")
+    assert await get(client, medioot(user, unique("tx"), "10", uuid=click)) == (200, "OK")
+    chargeback = medioot(user, unique("tx"), "10", status="2", uuid=click)
+    assert await get(client, chargeback) == (200, "OK")
+    assert await balance(client, user) == "0"
+    for other_click in (click, unique("click")):
+        flipped = {**chargeback, "status": "1", "uuid": other_click}
+        assert await get(client, flipped) == (200, "DUP")
+    log = await last_log(pool)
+    assert (log["outcome"], log["detail"]) == (
+        "conflict",
+        "a reversal already used this signature: the credit and its reversal cancel out",
+    )
+    assert await balance(client, user) == "0"
+    await assert_verified(pool)
+
+
+async def test_a_reversal_without_the_click_pairs_by_its_transaction(client: Client) -> None:
+    user, tx = unique(), unique("tx")
+    assert await get(client, medioot(user, tx, "10", uuid=unique("click"))) == (200, "OK")
+    assert await get(client, medioot(user, tx, "10", status="2")) == (200, "OK")
+    assert await balance(client, user) == "0"
+
+
+async def test_a_chargeback_under_its_own_transaction_before_its_credit_still_pairs(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    user, click = unique(), unique("click")
+    assert await get(client, medioot(user, unique("tx"), "4", status="2", uuid=click)) == (
+        200,
+        "OK",
+    )
+    assert await get(client, medioot(user, unique("tx"), "10", uuid=click)) == (200, "OK")
+    assert await balance(client, user) == "6"
+    await assert_verified(pool)
+
+
+@pytest.mark.parametrize(
+    "forgery", [{"Reward": 0}, {"Reward": 0.01}, {"IsTest": True}], ids=["zero", "cent", "test"]
+)
+async def test_a_forged_inbrain_reversal_cannot_pre_empt_the_real_one(
+    client: Client, pool: asyncpg.Pool, forgery: dict[str, Any]
+) -> None:
+    panelist, reward_id = unique("p"), unique("r")
+    credit = inbrain_callback(panelist, reward_id, "10", "offer_completed")
+    assert await inbrain(client, credit) == (200, "OK")
+    forged = {**credit, "RewardType": "offer_completion_reversed", **forgery}
+    assert await inbrain(client, forged) == (200, "OK")
+    real = inbrain_callback(panelist, reward_id, "10", "offer_completion_reversed")
+    assert await inbrain(client, real) == (200, "OK")
+    body = await wallet(client, panelist)
+    assert body is not None
+    assert (body["balance"], body["total_reversed"]) == ("0", "10")
+    await assert_verified(pool)
