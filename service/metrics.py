@@ -1,4 +1,4 @@
-"""Every Prometheus metric of the service, defined once (CONTRACT 5).
+"""Every Prometheus metric of the service, defined once (README, Operations).
 
 Label values come from configuration and fixed sets only (provider names, outcomes, reasons,
 event types), never from request data, so no caller can make new series.

@@ -1,4 +1,4 @@
-"""Configuration: a TOML file decoded into msgspec Structs (CONTRACT section 2).
+"""Configuration: a TOML file decoded into msgspec Structs (README, Configuration).
 
 `load(path, environ)` returns a validated `Settings` or raises `ConfigError` whose message is one
 line naming the key at fault. Secrets live in these structs; never log them.

@@ -1,4 +1,4 @@
-"""Every log line of the whole test run, kept and checked for secrets (issue 7, part 5).
+"""Every log line of the whole test run, kept and checked for secrets.
 
 A pytest plugin (`pytest_plugins = ["tests.logcapture"]` in tests/conftest.py). The design, in
 four parts, each as small as it can be:

@@ -1,4 +1,4 @@
-"""Secrets never reach the logs (issue 7, part 5).
+"""Secrets never reach the logs.
 
 The check itself runs once every other test is done (`tests/logcapture.py`,
 `pytest_sessionfinish`): it fails the run when any log line of the whole suite holds a

@@ -1,4 +1,4 @@
-"""The postback ledger's benchmark (issue 6): one run prints, side by side, the service's ingest
+"""The postback ledger's benchmark: one run prints, side by side, the service's ingest
 rate against pgbench running the write path's SQL, latency at 50 % and 80 % of the peak rate,
 wallet reads against a bare aiohttp handler, ingest with a large event log against an empty one
 (--large-log), and verify's speed. Every scenario but the two preloaded logs gets a database of

@@ -6,8 +6,8 @@ import re
 from decimal import Context, Decimal, Inexact
 
 # Plain decimal notation only: no sign, exponent, NaN or Infinity. Fifteen integer digits keep
-# every amount below 10^15 (CONTRACT 3); the fraction is bounded so that no input can make the
-# database work on a number of absurd size. Leading zeros are harmless and allowed.
+# every amount below 10^15 (the limit for every wall); the fraction is bounded so that no input
+# can make the database work on a number of absurd size. Leading zeros are harmless and allowed.
 _AMOUNT = re.compile(r"0*([0-9]{1,15})(?:\.([0-9]{1,20}))?")
 
 

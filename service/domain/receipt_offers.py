@@ -1,4 +1,4 @@
-"""The receipt-offer state machine (AdGate Magic Receipts, CONTRACT 3.3) as a pure fold.
+"""The receipt-offer state machine (AdGate Magic Receipts) as a pure fold.
 
 A receipt offer moves between MANUAL_REVIEW, AWARD_PENDING, APPROVED and REJECTED in any order
 until it is APPROVED, which is final: a later non-approval is recorded but ignored. Each APPROVED

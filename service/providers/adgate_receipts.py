@@ -1,4 +1,4 @@
-"""AdGate Media Magic Receipts postbacks (CONTRACT 3.3, seed adgate-magic-receipts-postbacks.txt).
+"""AdGate Media Magic Receipts postbacks (README, Walls; AdGate's Magic Receipts postback document).
 
 The URL macros arrive as query parameters; the POST body (receipt image URLs, JSON) is kept with
 the event. There is no signature: the `url_token` path segment and `allowed_ips` authenticate

@@ -1,4 +1,4 @@
-"""inBrain offer and survey callbacks (CONTRACT 3.2, seed inbrain-offer-callbacks.txt).
+"""inBrain offer and survey callbacks (README, Walls; inBrain's offer callback document).
 
 POST with a JSON body; `Sig` = md5(PanelistId + RewardId + secret). `Reward` is decoded straight
 into an exact Decimal. `offer_completion_reversed` reverses; every other RewardType credits a

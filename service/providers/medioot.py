@@ -1,4 +1,4 @@
-"""Medioot-style walls (CONTRACT 3.1, seed medioot-postback.txt).
+"""Medioot-style walls (README, Walls; Medioot's postback document).
 
 GET (or POST) with `subid`, `transid`, `reward`, `status`, `signature` = md5(subid + transid +
 reward + secret) over the strings exactly as received. `status` 1 credits, 2 reverses. The

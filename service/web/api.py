@@ -1,4 +1,4 @@
-"""The internal API (CONTRACT 4): wallets, their events, and the postback log."""
+"""The internal API (README, Internal API): wallets, their events, and the postback log."""
 
 from __future__ import annotations
 

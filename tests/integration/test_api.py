@@ -1,4 +1,4 @@
-"""The internal API, the probes and the request id, through HTTP (CONTRACT 4 and 5)."""
+"""The internal API, the probes and the request id, through HTTP."""
 
 from __future__ import annotations
 
@@ -236,7 +236,7 @@ async def test_wallet_fully_reversed_reads_zero(client: Client) -> None:
 
 async def test_an_amount_of_35_significant_digits_is_not_rounded(client: Client) -> None:
     user = unique()
-    amount = "999999999999999.99999999999999999999"  # the largest amount CONTRACT 3 allows
+    amount = "999999999999999.99999999999999999999"  # the largest amount allowed
     await credit(client, user, amount)
     (event,) = await all_events(client, user)
     assert event["amount"] == amount

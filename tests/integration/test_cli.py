@@ -1,4 +1,4 @@
-"""The command line's handling of configuration (CONTRACT 1 and 2), as a real subprocess."""
+"""The command line's handling of configuration, as a real subprocess."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Overload and slow clients, in miniature (issue 7, part 4; the long run is
+"""Overload and slow clients, in miniature (the long run is
 ops/chaos/overload.py).
 
 (a) Many walls at once, at the HTTP level, against a database that commits slowly (a proxy

@@ -1,5 +1,5 @@
-"""AdGate Magic Receipts postbacks through HTTP against real PostgreSQL (CONTRACT 3 and 3.3),
-with the receipt-offer API (CONTRACT 4) and `verify` over what they recorded."""
+"""AdGate Magic Receipts postbacks through HTTP against real PostgreSQL,
+with the receipt-offer API and `verify` over what they recorded."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""inBrain callbacks through HTTP against real PostgreSQL (CONTRACT 3 and 3.2)."""
+"""inBrain callbacks through HTTP against real PostgreSQL."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Medioot postbacks through HTTP against real PostgreSQL (CONTRACT 3 and 3.1)."""
+"""Medioot postbacks through HTTP against real PostgreSQL."""
 
 from __future__ import annotations
 

@@ -254,7 +254,7 @@ async def test_verify_agrees_on_amounts_at_full_precision(
 ) -> None:
     client: Client = await aiohttp_client(create_app(helpers.settings(scratch_database_url)))
     user = unique()
-    amount = "999999999999999.99999999999999999999"  # the largest amount CONTRACT 3 allows
+    amount = "999999999999999.99999999999999999999"  # the largest amount allowed
     await send(client, medioot(user, unique("t"), amount), (200, "OK"))
     await send(client, medioot(user, unique("t"), "0.00000000000000000001"), (200, "OK"))
     resp = await client.get(f"/v1/wallets/{user}", headers=AUTH)

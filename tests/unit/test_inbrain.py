@@ -1,5 +1,5 @@
 """service/providers/inbrain.py: normalising inBrain callbacks and answering in its convention
-(CONTRACT 3 and 3.2, seed inbrain-offer-callbacks.txt)."""
+(inBrain's offer callback document)."""
 
 from __future__ import annotations
 

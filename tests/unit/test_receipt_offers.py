@@ -1,6 +1,6 @@
 """The receipt-offer state machine (service/domain/receipt_offers.py), the wallet's view of receipt
 events (service/domain/wallet.py), and AdGate Magic Receipts postbacks as
-service/providers/adgate_receipts.py normalises and answers them (CONTRACT 3.3)."""
+service/providers/adgate_receipts.py normalises and answers them."""
 
 from __future__ import annotations
 
