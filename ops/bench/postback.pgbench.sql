@@ -1,4 +1,4 @@
--- pgbench script: the write path's SQL for one new Medioot credit (service/db/write.py, a batch
+-- pgbench script: the write path's SQL for one new Medioot credit (service/db/write.py and write_sql.py, a batch
 -- of one), one transaction each. The same statements against the same tables, so the same
 -- triggers (the hash chain) and indexes: the user's and the transaction's advisory locks with
 -- the signature digest, the transaction's settlement looked up, the event insert with
