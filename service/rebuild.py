@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import asyncpg
+import msgspec
 
 from .db import translated
 from .domain.chain import ChainKey
@@ -16,40 +20,6 @@ from .replay import replay
 # touches it.
 PROJECTIONS = ("settlements", "receipt_offers", "wallets")
 
-_COPY_WALLETS = (
-    "user_id",
-    "balance",
-    "total_credited",
-    "total_reversed",
-    "event_count",
-    "last_position",
-)
-_COPY_OFFERS = (
-    "provider",
-    "upload_offer_id",
-    "upload_id",
-    "offer_id",
-    "user_id",
-    "status",
-    "points_credited",
-    "approvals",
-    "event_count",
-    "last_position",
-)
-_COPY_SETTLEMENTS = (
-    "provider",
-    "link",
-    "click",
-    "credit_key",
-    "credit_user",
-    "credited",
-    "reversal_key",
-    "reversal_user",
-    "reversed",
-    "reversal_whole",
-    "last_position",
-)
-
 
 async def rebuild(conn: asyncpg.Connection, key: ChainKey) -> tuple[int, int, int]:
     """Replace the projections with a replay of the log; (events, wallets, offers)."""
@@ -62,58 +32,45 @@ async def rebuild(conn: asyncpg.Connection, key: ChainKey) -> tuple[int, int, in
             await conn.execute(f"LOCK TABLE {', '.join(PROJECTIONS)} IN ACCESS EXCLUSIVE MODE")
             await conn.execute(f"TRUNCATE {', '.join(PROJECTIONS)}")
             result = await replay(conn, "rebuild", key)
-            await conn.copy_records_to_table(
-                "wallets",
-                columns=_COPY_WALLETS,
-                records=[
-                    (
-                        user,
-                        w.balance,
-                        w.total_credited,
-                        w.total_reversed,
-                        w.event_count,
-                        result.wallet_last[user],
-                    )
-                    for user, w in result.wallets.items()
-                ],
-            )
-            await conn.copy_records_to_table(
+            await _copy(conn, "wallets", ("user_id",), result.wallets, result.wallet_last)
+            await _copy(
+                conn,
                 "receipt_offers",
-                columns=_COPY_OFFERS,
-                records=[
-                    (
-                        key[0],
-                        key[1],
-                        o.upload_id,
-                        o.offer_id,
-                        o.user_id,
-                        o.status,
-                        o.points_credited,
-                        o.approvals,
-                        o.event_count,
-                        result.offer_last[key],
-                    )
-                    for key, o in result.offers.items()
-                ],
+                ("provider", "upload_offer_id"),
+                result.offers,
+                result.offer_last,
             )
-            await conn.copy_records_to_table(
+            await _copy(
+                conn,
                 "settlements",
-                columns=_COPY_SETTLEMENTS,
-                records=[
-                    (
-                        key[0],
-                        key[1],
-                        s.click,
-                        s.credit_key,
-                        s.credit_user,
-                        s.credited,
-                        s.reversal_key,
-                        s.reversal_user,
-                        s.reversed,
-                        s.reversal_whole,
-                        result.settlement_last[key],
-                    )
-                    for key, s in result.settlements.items()
-                ],
+                ("provider", "link"),
+                result.settlements,
+                result.settlement_last,
             )
     return result.events, len(result.wallets), len(result.offers)
+
+
+async def _copy(
+    conn: asyncpg.Connection,
+    table: str,
+    keys: tuple[str, ...],
+    states: Mapping[Any, msgspec.Struct],
+    last: Mapping[Any, int],
+) -> None:
+    """Write one projection: a row per state, its key columns, then its Struct's fields (named
+    as the table's columns), then the position of its last event."""
+    if not states:
+        return
+    fields = type(next(iter(states.values()))).__struct_fields__
+    await conn.copy_records_to_table(
+        table,
+        columns=(*keys, *fields, "last_position"),
+        records=[
+            (
+                *(key if isinstance(key, tuple) else (key,)),
+                *msgspec.structs.astuple(state),
+                last[key],
+            )
+            for key, state in states.items()
+        ],
+    )

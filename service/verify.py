@@ -20,7 +20,7 @@ from .domain.chain import ChainKey
 from .domain.checkpoint import FORMAT, Checkpoint, heads_digest
 from .replay import Replay, replay
 
-_FIELDS = ("balance", "total_credited", "total_reversed", "event_count")
+_FIELDS = wallet.Wallet.__struct_fields__
 
 
 @dataclass
@@ -60,27 +60,10 @@ def compare(computed: Mapping[str, wallet.Wallet], stored: Mapping[str, Any]) ->
     return differences
 
 
-_OFFER_FIELDS = (
-    "user_id",
-    "upload_id",
-    "offer_id",
-    "status",
-    "points_credited",
-    "approvals",
-    "event_count",
-)
+_OFFER_FIELDS = receipt_offers.ReceiptOffer.__struct_fields__
 
 
-_SETTLEMENT_FIELDS = (
-    "click",
-    "credit_key",
-    "credit_user",
-    "credited",
-    "reversal_key",
-    "reversal_user",
-    "reversed",
-    "reversal_whole",
-)
+_SETTLEMENT_FIELDS = settlement.Settlement.__struct_fields__
 
 
 def compare_offers(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import msgspec
@@ -207,14 +207,14 @@ async def _append(
 
 
 class _Contended(Exception):
-    """A settlement changed between its read and its write (see write_sql.SETTLE): retry the batch."""
+    """A settlement changed between its read and its write (write_sql.SETTLE): retry the batch."""
 
 
 async def _lock_and_sign(
     conn: asyncpg.Connection, postbacks: list[Postback]
 ) -> dict[admission.SignatureName, admission.SignatureUse]:
-    """Take the batch's locks; record the signatures first seen here (see write_sql.LOCK_AND_SIGN) and
-    return their first uses."""
+    """Take the batch's locks; record the signatures first seen here (write_sql.LOCK_AND_SIGN)
+    and return their first uses."""
     if not postbacks:
         return {}
     # Sorted, so that two batches inserting the same signatures wait on them in one order.
@@ -263,19 +263,7 @@ async def _settlements(conn: asyncpg.Connection, postbacks: list[Postback]) -> s
         [c[0] for c in clicks],
         [c[1] for c in clicks],
     )
-    return {
-        (r["provider"], r["link"]): settlement.Settlement(
-            click=r["click"],
-            credit_key=r["credit_key"],
-            credit_user=r["credit_user"],
-            credited=r["credited"],
-            reversal_key=r["reversal_key"],
-            reversal_user=r["reversal_user"],
-            reversed=r["reversed"],
-            reversal_whole=r["reversal_whole"],
-        )
-        for r in rows
-    }
+    return {(r["provider"], r["link"]): _struct(settlement.Settlement, r) for r in rows}
 
 
 Offers = dict[tuple[str, str], receipt_offers.ReceiptOffer]
@@ -287,17 +275,16 @@ async def _offers(conn: asyncpg.Connection, postbacks: list[Postback]) -> Offers
         return {}
     rows = await conn.fetch(OFFERS, [k[0] for k in keys], [k[1] for k in keys])
     return {
-        (r["provider"], r["upload_offer_id"]): receipt_offers.ReceiptOffer(
-            user_id=r["user_id"],
-            upload_id=r["upload_id"],
-            offer_id=r["offer_id"],
-            status=r["status"],
-            points_credited=r["points_credited"],
-            approvals=r["approvals"],
-            event_count=r["event_count"],
-        )
-        for r in rows
+        (r["provider"], r["upload_offer_id"]): _struct(receipt_offers.ReceiptOffer, r) for r in rows
     }
+
+
+_S = TypeVar("_S", bound=msgspec.Struct)
+
+
+def _struct(kind: type[_S], row: asyncpg.Record) -> _S:
+    """A projection's row as the domain's Struct of the same field names."""
+    return kind(**{name: row[name] for name in kind.__struct_fields__})
 
 
 def _lock_names(postbacks: list[Postback]) -> list[str]:

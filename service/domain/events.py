@@ -6,7 +6,7 @@ import datetime as dt
 import hashlib
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -36,6 +36,27 @@ class Outcome(StrEnum):
 NEW_EVENT = frozenset(
     {Outcome.CREDITED, Outcome.REVERSED, Outcome.STATUS_CHANGED, Outcome.RECORDED, Outcome.IGNORED}
 )
+
+
+class Recorded(Protocol):
+    """What the pure folds read of an event: a stored `Event` or a normalised `Postback`."""
+
+    @property
+    def provider(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def type(self) -> EventType: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def amount(self) -> Decimal: ...
+    @property
+    def provider_ref(self) -> str: ...
+    @property
+    def test(self) -> bool: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
 
 
 class Signed(msgspec.Struct, frozen=True):

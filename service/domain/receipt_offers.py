@@ -10,31 +10,17 @@ order it applied them in is the order `verify` replays.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Protocol
 
 import msgspec
 
 from .amounts import EXACT, ZERO
-from .events import EventType, Outcome
+from .events import EventType, Outcome, Recorded
 
 MANUAL_REVIEW = "MANUAL_REVIEW"
 AWARD_PENDING = "AWARD_PENDING"
 APPROVED = "APPROVED"
 REJECTED = "REJECTED"
 STATUSES = (MANUAL_REVIEW, AWARD_PENDING, APPROVED, REJECTED)
-
-
-class StatusEvent(Protocol):
-    @property
-    def provider(self) -> str: ...
-    @property
-    def type(self) -> EventType: ...
-    @property
-    def user_id(self) -> str: ...
-    @property
-    def amount(self) -> Decimal: ...
-    @property
-    def data(self) -> dict[str, Any]: ...
 
 
 class ReceiptOffer(msgspec.Struct, frozen=True):
@@ -47,18 +33,18 @@ class ReceiptOffer(msgspec.Struct, frozen=True):
     event_count: int = 0
 
 
-def offer_key(event: StatusEvent) -> tuple[str, str] | None:
+def offer_key(event: Recorded) -> tuple[str, str] | None:
     """(provider, upload offer id) of a receipt status event; None for any other event."""
     if event.type is not EventType.RECEIPT_STATUS_CHANGED:
         return None
     return event.provider, str(event.data["upload_offer_id"])
 
 
-def approved(event: StatusEvent) -> bool:
+def approved(event: Recorded) -> bool:
     return event.type is EventType.RECEIPT_STATUS_CHANGED and event.data.get("status") == APPROVED
 
 
-def apply(offer: ReceiptOffer, event: StatusEvent) -> tuple[ReceiptOffer, Outcome]:
+def apply(offer: ReceiptOffer, event: Recorded) -> tuple[ReceiptOffer, Outcome]:
     status = str(event.data["status"])
     seen = msgspec.structs.replace(
         offer,

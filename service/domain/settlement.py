@@ -28,33 +28,13 @@ from __future__ import annotations
 
 from collections.abc import MutableMapping
 from decimal import Decimal
-from typing import Any, Protocol
 
 import msgspec
 
 from .amounts import EXACT, ZERO
-from .events import EventType
+from .events import EventType, Recorded
 
 WHOLE = "reverses_whole_credit"  # data flag of a reversal that takes back the whole credit
-
-
-class LinkedEvent(Protocol):
-    @property
-    def provider(self) -> str: ...
-    @property
-    def key(self) -> str: ...
-    @property
-    def type(self) -> EventType: ...
-    @property
-    def user_id(self) -> str: ...
-    @property
-    def amount(self) -> Decimal: ...
-    @property
-    def provider_ref(self) -> str: ...
-    @property
-    def test(self) -> bool: ...
-    @property
-    def data(self) -> dict[str, Any]: ...
 
 
 class Settlement(msgspec.Struct, frozen=True):
@@ -82,7 +62,7 @@ NONE = Movement()
 Links = MutableMapping[tuple[str, str], Settlement]
 
 
-def link(event: LinkedEvent) -> tuple[str, str] | None:
+def link(event: Recorded) -> tuple[str, str] | None:
     """(provider, wall transaction) of a credit or reversal; None for events that pair with
     nothing (receipt statuses, test events)."""
     if event.test or event.type not in (EventType.CREDITED, EventType.REVERSED):
@@ -90,7 +70,7 @@ def link(event: LinkedEvent) -> tuple[str, str] | None:
     return event.provider, str(event.data.get("link") or event.provider_ref)
 
 
-def click(event: LinkedEvent) -> tuple[str, str] | None:
+def click(event: Recorded) -> tuple[str, str] | None:
     """(provider, click id) of a credit or reversal that names its click; None otherwise."""
     value = event.data.get("uuid")
     if not value or link(event) is None:
@@ -99,7 +79,7 @@ def click(event: LinkedEvent) -> tuple[str, str] | None:
 
 
 def linked_by_click(
-    event: LinkedEvent, own: Settlement | None, clicked: tuple[str, Settlement] | None
+    event: Recorded, own: Settlement | None, clicked: tuple[str, Settlement] | None
 ) -> str | None:
     """The transaction of its click (`clicked`: its link and settlement) that `event` joins, or
     None: a reversal whose own transaction has no credit joins a credited one; a credit whose own
@@ -127,7 +107,7 @@ def _paired(s: Settlement) -> Movement:
     return Movement(credited=s.credited, reversed=taken)
 
 
-def conflict(s: Settlement, event: LinkedEvent) -> str | None:
+def conflict(s: Settlement, event: Recorded) -> str | None:
     """Why `event` cannot be recorded against its link, or None. A retry of the event the link
     already holds is not a conflict here: the event's own idempotency key judges it."""
     if event.type is EventType.CREDITED:
@@ -141,7 +121,7 @@ def conflict(s: Settlement, event: LinkedEvent) -> str | None:
     return None
 
 
-def settle(s: Settlement, event: LinkedEvent) -> tuple[Settlement, Movement]:
+def settle(s: Settlement, event: Recorded) -> tuple[Settlement, Movement]:
     """The link after `event` (checked with `conflict` first) and what `event` moves."""
     if event.type is EventType.CREDITED:
         named = click(event)
@@ -169,7 +149,7 @@ def settle(s: Settlement, event: LinkedEvent) -> tuple[Settlement, Movement]:
     )
 
 
-def unlinked(event: LinkedEvent) -> Movement:
+def unlinked(event: Recorded) -> Movement:
     """What an event that pairs with nothing moves: a receipt offer's approval credits its
     points, whatever the offer's state (so the fold stays order-free); the rest move nothing."""
     if event.test or event.type is not EventType.RECEIPT_STATUS_CHANGED:
@@ -179,7 +159,7 @@ def unlinked(event: LinkedEvent) -> Movement:
     return NONE
 
 
-def move(links: Links, event: LinkedEvent) -> Movement:
+def move(links: Links, event: Recorded) -> Movement:
     """Record `event` (already known not to conflict) in `links`; what it moves."""
     name = link(event)
     if name is None:

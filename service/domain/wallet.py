@@ -14,8 +14,8 @@ import msgspec
 
 from . import settlement
 from .amounts import EXACT, ZERO
-from .events import Outcome
-from .settlement import LinkedEvent, Movement
+from .events import Outcome, Recorded
+from .settlement import Movement
 
 
 class Wallet(msgspec.Struct, frozen=True):
@@ -35,7 +35,7 @@ def apply(wallet: Wallet, movement: Movement) -> Wallet:
     )
 
 
-def fold(events: Iterable[LinkedEvent]) -> Wallet:
+def fold(events: Iterable[Recorded]) -> Wallet:
     """One user's wallet from that user's events, in any order."""
     state = Wallet()
     links: dict[tuple[str, str], settlement.Settlement] = {}
@@ -44,7 +44,7 @@ def fold(events: Iterable[LinkedEvent]) -> Wallet:
     return state
 
 
-def alone(event: LinkedEvent) -> Movement:
+def alone(event: Recorded) -> Movement:
     """What `event` moves as the first event of its wall transaction."""
     return settlement.move({}, event)
 
