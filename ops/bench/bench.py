@@ -33,12 +33,7 @@ ROOT = procs.ROOT
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", ""),
-        help="PostgreSQL admin DSN (needs CREATEDB); default $BENCH_DATABASE_URL, else an\n"
-        "embedded server with data under .data/bench-postgres",
-    )
+    pgtools.add_database_argument(p)
     p.add_argument("--workers", type=int, default=1, help="serve --workers N (default 1)")
     p.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     p.add_argument("--duration", type=float, help="seconds per measurement (default 10)")

@@ -3,6 +3,7 @@ events, pgbench with the write path's SQL, and the timing of `verify`."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import re
@@ -26,6 +27,16 @@ from service.embedded import RUNTIME_ROLE, EmbeddedPostgres
 from service.verify import verify
 
 SERVER_SETTINGS = ("server_version", "fsync", "synchronous_commit", "shared_buffers")
+
+
+def add_database_argument(parser: argparse.ArgumentParser) -> None:
+    """--database-url, shared by the bench's scripts."""
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", ""),
+        help="PostgreSQL admin DSN (needs CREATEDB); default $BENCH_DATABASE_URL, else an\n"
+        "embedded server with data under .data/bench-postgres",
+    )
 
 
 def with_database(dsn: str, name: str) -> str:

@@ -33,12 +33,7 @@ ROOT = procs.ROOT
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", ""),
-        help="PostgreSQL admin DSN (needs CREATEDB); default $BENCH_DATABASE_URL, else an\n"
-        "embedded server with data under .data/bench-postgres",
-    )
+    pgtools.add_database_argument(p)
     p.add_argument("--rate", type=float, default=200.0, help="postbacks/s (default 200)")
     p.add_argument("--clients", type=int, default=4, help="postback clients (default 4)")
     p.add_argument("--scrapers", type=int, default=64, help="scraping connections (default 64)")
