@@ -32,17 +32,21 @@ the real secret so that only the change stands between them and a credit.
 copies of it with characters moved across the boundaries of the signed fields (the signature of
 a plain concatenation stays valid; the service saw it with other values: 403, nothing moves),
 or with the fields the signature does not cover changed (Medioot `status` and `uuid`, inBrain
-`Reward` and `RewardType`). `Model` restates the money rules, so each of an item's authentic
-postbacks has a predicted answer and event: a new event (OK), a repeat or conflict (DUP or OK,
-nothing recorded), or a replayed signature (403). **Deep JSON** (`deep`): inBrain bodies nested
-100 to 100,000 levels, refused with 400 or 403 (413 past max_body_bytes), never a 5xx.
+`Reward`, `RewardType` and `IsTest`), sent before or after the genuine postbacks still to come
+(a real chargeback after a forged one). `Model` restates the money rules, so each of an item's
+authentic postbacks has a predicted answer and event, with the wall transaction it pairs in: a
+new event (OK), a repeat or conflict (DUP or OK, nothing recorded: among them a credit whose
+signature a reversal used first), or a replayed signature (403). **Deep JSON** (`deep`):
+inBrain bodies nested 100 to 100,000 levels, refused with 400 or 403 (413 past max_body_bytes),
+never a 5xx.
 
 **The oracle** (`Ledger.check`): the events table holds exactly the events of the valid
 postbacks that were sent (no more: an event from fuzz would be a balance change without
 authentication; no fewer: a valid postback answered 200 must be recorded), each with the right
-user and amount; no wall transaction has a second credit or reversal; every wallet (balance,
-credited, reversed) equals what those events make under the money rules (`Money`: a reversal
-takes back at most its credit, from the same user, once); and the postback log shows an
+user and amount, paired in the transaction `Model` said; no wall transaction has a second
+credit or reversal; every wallet (balance, credited, reversed) equals what those events make
+under the money rules (`Money`: a reversal takes back at most its credit, from the same user,
+once; an inBrain reversal the whole credit); and the postback log shows an
 accepted outcome (credited, duplicate, ...) only for requests whose id starts with `v-`.
 """
 
