@@ -24,8 +24,10 @@ status and body or its connection error, and when it was sent and answered. A po
 event must be in the log.
 
 **The audit** (`audit`) compares the records with the event log: every acknowledged postback
-has its event (`credit:<transid>` or `reversal:<transid>`, with the right user and amount); no
-key has more than one event and none was answered `OK` twice; no event exists that nobody sent;
+has its event (`credit:<transid>` or `reversal:<transid>`, with the right user and amount), but
+for a credit that a reversal with the same signed values (subid, transid, reward) got to first:
+the two cancel out, so the credit is answered DUP and never recorded (`cancelled`); no key has
+more than one event and none was answered `OK` twice; no event exists that nobody sent;
 no wall transaction has a second credit or reversal; every wallet holds what its events make
 under the money rules, worked out here again (a reversal takes back at most its credit, from the
 same user, once: so no balance is negative); and `python -m service verify` exits 0.
@@ -922,6 +924,7 @@ class Audit:
     acknowledged: int = 0
     acknowledged_keys: int = 0
     missing: list[str] = field(default_factory=list)  # acknowledged, no event
+    cancelled: int = 0  # acknowledged credits (DUP) cancelled out by their earlier reversal
     wrong: list[str] = field(default_factory=list)  # acknowledged, event differs
     double_applied: list[str] = field(default_factory=list)  # more than one event for a key
     ok_twice: list[str] = field(default_factory=list)  # answered OK more than once
@@ -945,11 +948,12 @@ class Audit:
 EVENTS_SQL = "SELECT key, user_id, amount, type FROM events WHERE provider = $1"
 DOUBLES_SQL = "SELECT provider, key, count(*) AS n FROM events GROUP BY 1, 2 HAVING count(*) > 1"
 # Every event, for the wallets the money rules make of them (computed here, independently of the
-# service's own fold): the link of a credit or reversal is its click `uuid`, else its
-# transaction id.
+# service's own fold, which only the link the service recorded is compared with).
 WALLET_EVENTS_SQL = """
 SELECT provider, key, type, user_id, amount, test, data->>'status' AS status,
-       coalesce(nullif(data->>'uuid', ''), provider_ref) AS link
+       provider_ref, coalesce(data->>'uuid', '') AS click,
+       coalesce(data->>'link', provider_ref) AS link,
+       coalesce(data->>'reverses_whole_credit' = 'true', false) AS whole
 FROM events ORDER BY position
 """
 WALLETS_SQL = "SELECT user_id, balance, total_credited, total_reversed, event_count FROM wallets"
@@ -957,12 +961,20 @@ WALLETS_SQL = "SELECT user_id, balance, total_credited, total_reversed, event_co
 Totals = tuple[Decimal, Decimal, Decimal, int]  # balance, credited, reversed, events
 
 
-def expected_wallets(events: Iterable[Any]) -> tuple[dict[str, Totals], list[str]]:
+def expected_wallets(
+    events: Iterable[Any], whole: frozenset[str] = frozenset()
+) -> tuple[dict[str, Totals], list[str]]:
     """What each wallet must hold after `events` (in position order), and what breaks the rules
-    outright (a second credit or reversal of one wall transaction). Per transaction, the first
-    credit and the first reversal pair: together they move the credit's user by
-    credit - min(reversal, credit); a reversal alone, or naming another user, moves nothing.
-    Test events move nothing; a receipt status APPROVED credits its points alone."""
+    outright (a second credit or reversal of one wall transaction, an event paired in another
+    transaction than the rules say). The transaction (link) of a credit or reversal is its own
+    transaction id; the click (`uuid`) only joins it to a transaction of the same click missing
+    its other half: a reversal whose own transaction has no credit joins the one whose credit
+    named the click, a credit whose own transaction holds nothing joins one holding only a
+    reversal, of its user, that named the click (the smallest transaction id first). Per
+    transaction the credit and the reversal pair: together they move the credit's user by
+    credit - min(reversal, credit), or by nothing when the reversal takes back the whole credit
+    (the providers in `whole`); a reversal alone, or naming another user, moves nothing. Test
+    events move nothing; a receipt status APPROVED credits its points alone."""
     credited: Counter[str] = Counter()
     reversed_: Counter[str] = Counter()
     count: Counter[str] = Counter()
@@ -976,8 +988,12 @@ def expected_wallets(events: Iterable[Any]) -> tuple[dict[str, Totals], list[str
             if e["test"]:
                 continue
             if e["type"] in ("credited", "reversed"):
+                link = (e["provider"], _link(e, credits, reversals))
+                if e["link"] != link[1]:
+                    broken.append(f"{e['key']} paired in {e['link']!r}, the rules say {link[1]!r}")
+                if e["type"] == "reversed" and e["whole"] != (e["provider"] in whole):
+                    broken.append(f"{e['key']}: reverses the whole credit = {e['whole']}")
                 firsts = credits if e["type"] == "credited" else reversals
-                link = (e["provider"], e["link"])
                 if link in firsts:
                     broken.append(f"{link}: {e['key']} after {firsts[link]['key']}")
                 else:
@@ -989,11 +1005,39 @@ def expected_wallets(events: Iterable[Any]) -> tuple[dict[str, Totals], list[str
             credited[user] += credit["amount"]
             reversal = reversals.get(link)
             if reversal is not None and reversal["user_id"] == user:
-                reversed_[user] += min(reversal["amount"], credit["amount"])
+                taken = credit["amount"]
+                if link[0] not in whole:
+                    taken = min(reversal["amount"], taken)
+                reversed_[user] += taken
         totals = {
             u: (credited[u] - reversed_[u], credited[u], reversed_[u], count[u]) for u in count
         }
     return totals, broken
+
+
+def _link(
+    e: Any, credits: dict[tuple[str, str], Any], reversals: dict[tuple[str, str], Any]
+) -> str:
+    """The transaction a credit or reversal pairs in, from the events before it."""
+    provider, own, click = e["provider"], e["provider_ref"], e["click"]
+    if not click:
+        return str(own)
+    if e["type"] == "reversed":
+        if (provider, own) in credits:
+            return str(own)
+        joined = [t for (p, t), c in credits.items() if p == provider and c["click"] == click]
+    else:
+        if (provider, own) in credits or (provider, own) in reversals:
+            return str(own)
+        joined = [
+            t
+            for (p, t), r in reversals.items()
+            if p == provider
+            and (p, t) not in credits
+            and r["click"] == click
+            and r["user_id"] == e["user_id"]
+        ]
+    return str(min(joined)) if joined else str(own)
 
 
 async def audit(dsn: str, records: Sequence[Sent], config: Path, pending: int = 0) -> Audit:
@@ -1030,7 +1074,9 @@ async def audit(dsn: str, records: Sequence[Sent], config: Path, pending: int = 
         await conn.close()
     stored = {r["key"]: (r["user_id"], r["amount"], r["type"]) for r in rows}
     for key in sorted(acked):
-        if key not in stored:
+        if key not in stored and _cancelled(key, oks, expected, stored):
+            a.cancelled += 1
+        elif key not in stored:
             a.missing.append(key)
         elif stored[key] != expected[key]:
             a.wrong.append(f"{key}: stored {stored[key]}, sent {expected[key]}")
@@ -1048,6 +1094,22 @@ async def audit(dsn: str, records: Sequence[Sent], config: Path, pending: int = 
             a.wallets_off.append(f"{user}: negative balance {have[0]}")
     a.verify_code, a.verify_output = await asyncio.to_thread(run_verify, config)
     return a
+
+
+def _cancelled(
+    key: str,
+    oks: Counter[str],
+    sent: dict[str, tuple[str, Decimal, str]],
+    stored: dict[str, tuple[str, Decimal, str]],
+) -> bool:
+    """An acknowledged credit that may be missing: a reversal of the same signed values (user,
+    transaction, reward) is recorded, so it used the signature first (a credit recorded first
+    keeps the signature's first use), and the credit was never answered OK."""
+    if not key.startswith("credit:") or oks[key]:
+        return False
+    reversal = "reversal:" + key.removeprefix("credit:")
+    user, amount, _ = sent[key]
+    return stored.get(reversal) == (user, amount, "reversed")
 
 
 WALLET_FIELDS = ("balance", "total_credited", "total_reversed", "event_count")
@@ -1082,6 +1144,7 @@ def report_audit(report: Report, a: Audit) -> None:
     report.add("acknowledged (200 OK or DUP)", f"{a.acknowledged} ({a.acknowledged_keys} keys)")
     report.heading("what was lost")
     report.add("acknowledged but missing", len(a.missing), not a.missing, "0")
+    report.add("  credits cancelled out by their reversal sent first (DUP, fine)", a.cancelled)
     report.add("acknowledged, recorded wrong", len(a.wrong), not a.wrong, "0")
     report.add("double-applied provider IDs", len(a.double_applied), not a.double_applied, "0")
     report.add("answered OK more than once", len(a.ok_twice), not a.ok_twice, "0")

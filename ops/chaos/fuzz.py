@@ -10,11 +10,11 @@ many headers, hostile request ids) and malformed HTTP, with a share of deliberat
 postbacks (signed Medioot and inBrain, AdGate with the right token from an allowed address)
 whose expected events are remembered, and what one captured postback can be made into: boundary
 shifts (characters moved across the signed fields, the signature kept), replays with the
-unsigned fields changed (Medioot status and uuid, inBrain Reward and RewardType: forged
-reversals) and inBrain bodies nested 100 to 100,000 levels deep. The generator is
-`fuzzlib.Grammar` driven by a seeded `random.Random` (not hypothesis: the suite's bounded test
-drives the same grammar with hypothesis); item i of a run comes from `Random(f"{seed}/{i}")`,
-so `--show I` prints it again.
+unsigned fields changed (Medioot status and uuid, inBrain Reward, RewardType and IsTest: forged
+reversals, some before the real chargeback) and inBrain bodies nested 100 to 100,000 levels
+deep. The generator is `fuzzlib.Grammar` driven by a seeded `random.Random` (not hypothesis:
+the suite's bounded test drives the same grammar with hypothesis); item i of a run comes from
+`Random(f"{seed}/{i}")`, so `--show I` prints it again.
 
 Then schemathesis runs against /v1/ with the read key, `--st-examples` cases per operation
 (the same checks as tests/integration/test_openapi.py, without positive_data_acceptance: a

@@ -32,17 +32,21 @@ the real secret so that only the change stands between them and a credit.
 copies of it with characters moved across the boundaries of the signed fields (the signature of
 a plain concatenation stays valid; the service saw it with other values: 403, nothing moves),
 or with the fields the signature does not cover changed (Medioot `status` and `uuid`, inBrain
-`Reward` and `RewardType`). `Model` restates the money rules, so each of an item's authentic
-postbacks has a predicted answer and event: a new event (OK), a repeat or conflict (DUP or OK,
-nothing recorded), or a replayed signature (403). **Deep JSON** (`deep`): inBrain bodies nested
-100 to 100,000 levels, refused with 400 or 403 (413 past max_body_bytes), never a 5xx.
+`Reward`, `RewardType` and `IsTest`), sent before or after the genuine postbacks still to come
+(a real chargeback after a forged one). `Model` restates the money rules, so each of an item's
+authentic postbacks has a predicted answer and event, with the wall transaction it pairs in: a
+new event (OK), a repeat or conflict (DUP or OK, nothing recorded: among them a credit whose
+signature a reversal used first), or a replayed signature (403). **Deep JSON** (`deep`):
+inBrain bodies nested 100 to 100,000 levels, refused with 400 or 403 (413 past max_body_bytes),
+never a 5xx.
 
 **The oracle** (`Ledger.check`): the events table holds exactly the events of the valid
 postbacks that were sent (no more: an event from fuzz would be a balance change without
 authentication; no fewer: a valid postback answered 200 must be recorded), each with the right
-user and amount; no wall transaction has a second credit or reversal; every wallet (balance,
-credited, reversed) equals what those events make under the money rules (`Money`: a reversal
-takes back at most its credit, from the same user, once); and the postback log shows an
+user and amount, paired in the transaction `Model` said; no wall transaction has a second
+credit or reversal; every wallet (balance, credited, reversed) equals what those events make
+under the money rules (`Money`: a reversal takes back at most its credit, from the same user,
+once; an inBrain reversal the whole credit); and the postback log shows an
 accepted outcome (credited, duplicate, ...) only for requests whose id starts with `v-`.
 """
 
@@ -233,13 +237,21 @@ class Expect:
     amount: Decimal
     delta: int  # +1 a credit, -1 a reversal, 0 moves no balance (a test, a receipt status)
     test: bool = False
-    # The wall transaction a credit or reversal pairs in: the Medioot `uuid` when sent, else the
-    # transaction id. "" for events that pair with nothing (AdGate statuses).
+    # The wall transaction a credit or reversal pairs in: its own signed transaction id when
+    # built; `Model` may then join it to another transaction of its click (see there). "" for
+    # events that pair with nothing (AdGate statuses).
     link: str = ""
+    click: str = ""  # the Medioot `uuid` it names, "" for none
+    whole: bool = False  # a reversal that takes back the whole credit, whatever its amount
 
     @property
     def linked(self) -> bool:
         return bool(self.link) and not self.test and self.delta != 0
+
+    @property
+    def reversal(self) -> bool:
+        """A reversal (test or not): what makes its signature unable to vouch for a credit."""
+        return self.key.startswith(("reversal:", "test-reversal:"))
 
 
 @dataclass
@@ -268,6 +280,9 @@ class Req:
     signed: tuple[str, ...] = ()
     offer: str = ""
     repeat: str = "OK"  # the answer to a repeat or a conflict (Medioot: DUP)
+    # The event a valid postback would have made, when `Model` says the rules record none of it
+    # (a repeat, a conflict): what a test needs to know which case it sent.
+    unrecorded: tuple[Expect, ...] = ()
 
     @property
     def head_only(self) -> bool:
@@ -567,47 +582,83 @@ class Model:
     never share users, transactions, clicks or offers, so an item's own requests decide.
 
     - A signature vouches for the values it signs: one seen before with other values is a replay
-      (403), whatever else the postback says.
+      (403), whatever else the postback says. One first seen on a reversal cannot vouch for a
+      credit: with the same signed values the two cancel out (a conflict, nothing recorded).
     - A key already recorded is a repeat: DUP for Medioot, OK for the others, nothing applied.
-    - Per wall transaction (link), at most one credit and one reversal, and a reversal must name
-      the credit's user once the credit is there: anything else is a conflict, answered like a
-      repeat. A receipt offer belongs to the user of its first event: one naming another user
-      is a conflict too.
-    - Anything else is a new event: OK.
+    - The wall transaction (link) of a credit or reversal is its signed transaction id. The
+      click (Medioot `uuid`, unsigned) only joins it to a transaction of the same click that
+      misses its other half: a reversal whose own transaction has no credit joins the one whose
+      credit named its click; a credit whose own transaction holds nothing joins one that holds
+      only a reversal, of its user, that named its click (the smallest transaction id first).
+    - Per link, at most one credit and one reversal, and a reversal must name the credit's user
+      once the credit is there: anything else is a conflict, answered like a repeat. A receipt
+      offer belongs to the user of its first event: one naming another user is a conflict too.
+    - Anything else is a new event: OK, in the link worked out above.
     """
 
     def __init__(self) -> None:
-        self.signatures: dict[tuple[str, str], tuple[str, ...]] = {}
+        # (provider, signature) -> (signed values, first seen on a reversal)
+        self.signatures: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = {}
         self.keys: set[tuple[str, str]] = set()
         self.credits: dict[tuple[str, str], Expect] = {}
         self.reversals: dict[tuple[str, str], Expect] = {}
         self.owners: dict[tuple[str, str], str] = {}
 
-    def submit(self, req: Req) -> str:
-        """ "replay", "repeat" or "new" for an authentic postback (one Expect, `signed` set)."""
+    def submit(self, req: Req) -> tuple[str, Expect]:
+        """ "replay", "repeat" or "new" for an authentic postback (one Expect, `signed` set),
+        with its event as it must be recorded (its link resolved)."""
         (e,) = req.expects
         if req.signed:
             signature, *values = req.signed
-            first = self.signatures.setdefault((e.provider, signature), tuple(values))
+            first, by_reversal = self.signatures.setdefault(
+                (e.provider, signature), (tuple(values), e.reversal)
+            )
             if first != tuple(values):
-                return "replay"
+                return "replay", e
+            if by_reversal and not e.reversal:
+                return "repeat", e  # the credit and the reversal that used it cancel out
         if (e.provider, e.key) in self.keys:
-            return "repeat"
-        link = (e.provider, e.link)
+            return "repeat", e
         if e.linked:
+            e = replace(e, link=self.link(e))
+            link = (e.provider, e.link)
             credit, reversal = self.credits.get(link), self.reversals.get(link)
             if e.delta > 0 and credit is not None:
-                return "repeat"  # a second credit of the transaction
+                return "repeat", e  # a second credit of the transaction
             if e.delta < 0 and (
                 reversal is not None or (credit is not None and credit.user != e.user)
             ):
-                return "repeat"  # a second reversal, or one naming another user
+                return "repeat", e  # a second reversal, or one naming another user
         if req.offer and self.owners.setdefault((e.provider, req.offer), e.user) != e.user:
-            return "repeat"
+            return "repeat", e
         self.keys.add((e.provider, e.key))
         if e.linked:
-            (self.credits if e.delta > 0 else self.reversals)[link] = e
-        return "new"
+            (self.credits if e.delta > 0 else self.reversals)[(e.provider, e.link)] = e
+        return "new", e
+
+    def link(self, e: Expect) -> str:
+        """The transaction a new credit or reversal pairs in (`e.link`: its own)."""
+        own = (e.provider, e.link)
+        if not e.click:
+            return e.link
+        if e.delta < 0:
+            if own in self.credits:
+                return e.link
+            joined = [
+                t for (p, t), c in self.credits.items() if p == e.provider and c.click == e.click
+            ]
+        else:
+            if own in self.credits or own in self.reversals:
+                return e.link
+            joined = [
+                t
+                for (p, t), r in self.reversals.items()
+                if p == e.provider
+                and (p, t) not in self.credits
+                and r.click == e.click
+                and r.user == e.user
+            ]
+        return min(joined) if joined else e.link
 
     def settle(self, reqs: Sequence[Req]) -> list[Req]:
         """Give each authentic postback of an item its predicted answer and event: a new event
@@ -616,11 +667,11 @@ class Model:
         for req in reqs:
             if not req.valid or len(req.expects) != 1:
                 continue
-            outcome = self.submit(req)
+            outcome, expect = self.submit(req)
             if outcome == "new":
-                req.answer = "OK"
+                req.answer, req.expects = "OK", (expect,)
             elif outcome == "repeat":
-                req.expects = ()
+                req.expects, req.unrecorded = (), (expect,)
                 req.answer = req.repeat
             else:
                 req.valid, req.expects, req.answer, req.statuses = False, (), "", (403,)
@@ -805,7 +856,8 @@ class Grammar:
             user,
             Decimal(reward),
             1 if kind == "credited" else -1,
-            link=click or transid,
+            link=transid,
+            click=click,
         )
         return Req(
             "valid-medioot",
@@ -869,14 +921,16 @@ class Grammar:
         if via_proxy:
             headers += _allowed_forwarded(src)
         value = Decimal(reward_text)
+        # A test callback has keys of its own; a reversal takes back the whole credit.
         expect = Expect(
             self.t.inbrain,
-            f"{'reversal' if reversal else 'credit'}:{reward_id}",
+            f"{'test-' if is_test else ''}{'reversal' if reversal else 'credit'}:{reward_id}",
             user,
             value,
             0 if is_test else (-1 if reversal else 1),
             test=is_test,
             link=reward_id,
+            whole=reversal,
         )
         return Req(
             "valid-inbrain",
@@ -1000,31 +1054,51 @@ class Grammar:
 
     def replay(self, src: Source) -> list[Req]:
         """Genuine postbacks of one wall transaction (a credit; its reversal before or after
-        it, under the credit's transaction id or one of its own; another user's reversal),
-        then one of them resent with what its signature does not cover changed: Medioot's
-        status flipped and/or its uuid changed, inBrain's Reward raised and/or its RewardType
-        flipped to a reversal. Each must do what the money rules say (`Model`): a reversal
-        takes back at most its credit, from the same user, once."""
+        it, under the credit's transaction id or one of its own; another user's reversal), and
+        copies of one of them, once it was sent, with what its signature does not cover
+        changed: Medioot's status flipped and/or its uuid changed, inBrain's Reward raised, 0 or
+        a cent, its RewardType flipped to a reversal, or IsTest set. The genuine postbacks not
+        yet sent then follow, mixed with the copies (so a real chargeback may come after a
+        forged one). Each must do what the money rules say (`Model`): a reversal takes back at
+        most its credit, from the same user, once; the click joins only transactions that miss
+        their other half; a signature first used by a reversal cannot vouch for a credit."""
         tag = self._tag()
         medioot = src.chance(50)
         user = text_id(src, f"fzp-{'m' if medioot else 'i'}{tag}-")
         ref = text_id(src, f"t{tag}-")
         reward = self._amount(src)
         if medioot:
-            click = text_id(src, f"click{tag}-") if src.chance(60) else ""
+            click = text_id(src, f"click{tag}-") if src.chance(70) else ""
             genuine = [(user, ref, reward, "1", click)]
-            how = pick(src, ["alone", "after", "first", "own", "other-first", "other-after"])
+            how = weighted(
+                src,
+                (
+                    (1, "alone"),
+                    (2, "after"),
+                    (2, "first"),
+                    (4, "own"),
+                    (2, "own-first"),
+                    (1, "other-first"),
+                    (1, "other-after"),
+                ),
+            )
             if how in ("after", "first"):
+                # The same reward signs the same values as the credit: a reversal sent first
+                # then cancels the credit out; another reward is another signature.
+                amount = reward if how == "after" or src.chance(50) else self._amount(src)
                 genuine.insert(
-                    len(genuine) if how == "after" else 0, (user, ref, reward, "2", click)
+                    len(genuine) if how == "after" else 0, (user, ref, amount, "2", click)
                 )
-            elif how == "own" and click:  # a reversal under a transaction id of its own
-                genuine.append((user, f"{ref}-rv", self._amount(src), "2", click))
+            elif how.startswith("own") and click:  # a reversal under a transaction id of its own
+                chargeback = (user, f"{ref}-rv", self._amount(src), "2", click)
+                genuine.insert(len(genuine) if how == "own" else 0, chargeback)
             elif how.startswith("other"):  # another user's reversal of the same transaction
                 other = (f"{user}~o", ref, reward, "2", click)
                 genuine.insert(0 if how == "other-first" else 1, other)
-            reqs = [self.medioot_valid(src, u, t, r, st, uuid=c) for u, t, r, st, c in genuine]
-            u, t, r, st, c = pick(src, genuine)
+            # The genuine ones sent before the copies: often only the first.
+            sent = 1 if src.chance(60) else between(src, 1, len(genuine))
+            u, t, r, st, c = genuine[src.below(sent)]
+            copies = []
             for _ in range(between(src, 1, 3)):
                 change = pick(src, ["status", "uuid", "both", "status"])
                 status = {"1": "2", "2": "1"}[st] if change != "uuid" else st
@@ -1033,29 +1107,31 @@ class Grammar:
                     uuid = pick(
                         src, ["", text_id(src, f"click{tag}x-"), (c or f"click{tag}") + "x"]
                     )
-                reqs.append(self.medioot_valid(src, u, t, r, status, uuid=uuid))
-                reqs[-1].family = "replay-medioot"
-            return Model().settle(reqs)
+                copies.append(self.medioot_valid(src, u, t, r, status, uuid=uuid))
+                copies[-1].family = "replay-medioot"
+            reqs = [self.medioot_valid(src, u, t, r, st, uuid=c) for u, t, r, st, c in genuine]
+            return Model().settle(reqs[:sent] + _merged(src, reqs[sent:], copies))
         test = src.chance(10)
-        reqs = [self.inbrain_valid(src, user, ref, reward, reversal=False, test=test)]
-        how = pick(src, ["alone", "after", "first"])
+        genuine = [self.inbrain_valid(src, user, ref, reward, reversal=False, test=test)]
+        how = pick(src, ["alone", "after", "after", "first"])
         if how != "alone":
             reversal = self.inbrain_valid(src, user, ref, reward, reversal=True, test=test)
-            reqs.insert(len(reqs) if how == "after" else 0, reversal)
+            genuine.insert(len(genuine) if how == "after" else 0, reversal)
+        sent = 1 if src.chance(60) else between(src, 1, len(genuine))
+        copies = []
         for _ in range(between(src, 1, 3)):
-            change = pick(src, ["both", "both", "reward", "type"])
+            change = pick(src, ["both", "reward", "type", "zero", "cent", "test"])
             raised = reward
-            if change != "type":
+            if change in ("both", "reward"):
                 more = [a for a in ("500000", "999999999999999", f"{Decimal(reward) + 1000}")]
                 raised = pick(src, [a for a in more if AMOUNT.fullmatch(a)])
-            flip = change != "reward" or src.chance(30)
-            reqs.append(
-                self.inbrain_valid(
-                    src, user, ref, raised, reversal=flip, test=test if src.chance(80) else None
-                )
-            )
-            reqs[-1].family = "replay-inbrain"
-        return Model().settle(reqs)
+            elif change in ("zero", "cent"):  # a forged reversal that would take back nothing
+                raised = "0" if change == "zero" else "0.01"
+            flip = change not in ("reward",) or src.chance(30)
+            is_test = True if change == "test" else (test if src.chance(80) else None)
+            copies.append(self.inbrain_valid(src, user, ref, raised, reversal=flip, test=is_test))
+            copies[-1].family = "replay-inbrain"
+        return Model().settle(genuine[:sent] + _merged(src, genuine[sent:], copies))
 
     def deep(self, src: Source) -> list[Req]:
         """An inBrain callback (never correctly signed) holding JSON nested 100 to 100,000
@@ -1544,7 +1620,10 @@ class Grammar:
         req = Req("raw", b"RAW", b"", framing="none", raw=data, close=True, optional=True)
         if line == signed:
             req.secrets = (signature,)
-            req.expects = (Expect(self.t.medioot, f"credit:{transid}", user, Decimal("1.00"), 1),)
+            credit = Expect(
+                self.t.medioot, f"credit:{transid}", user, Decimal("1.00"), 1, link=transid
+            )
+            req.expects = (credit,)
         return [req]
 
     def _decorate(
@@ -1664,6 +1743,21 @@ def _shuffled(src: Source, items: Sequence[T]) -> list[T]:
     for i in range(len(out) - 1, 0, -1):
         j = src.below(i + 1)
         out[i], out[j] = out[j], out[i]
+    return out
+
+
+def _merged(src: Source, first: Sequence[T], second: Sequence[T]) -> list[T]:
+    """The two sequences interleaved at random, each kept in its order; `second` tends to
+    come first."""
+    out: list[T] = []
+    i = j = 0
+    while i < len(first) or j < len(second):
+        if j == len(second) or (i < len(first) and src.chance(30)):
+            out.append(first[i])
+            i += 1
+        else:
+            out.append(second[j])
+            j += 1
     return out
 
 
@@ -2076,7 +2170,8 @@ class Ledger:
         """Compare the database with what was sent (see the module doc)."""
         c = Check()
         rows = await conn.fetch(
-            "SELECT provider, key, user_id, amount, test FROM events ORDER BY position"
+            "SELECT provider, key, user_id, amount, test, type,"
+            " coalesce(data->>'link', provider_ref) AS link FROM events ORDER BY position"
         )
         c.events = len(rows)
         stored = {}
@@ -2095,6 +2190,10 @@ class Ledger:
                 c.wrong.append(
                     f"event {key}: user {r['user_id']!r} amount {r['amount']} test {r['test']};"
                     f" sent user {e.user!r} amount {e.amount} test {e.test}"
+                )
+            elif e.linked and r["link"] != e.link:
+                c.wrong.append(
+                    f"event {key}: paired in transaction {r['link']!r}, the rules say {e.link!r}"
                 )
             c.doubled += money.add(e)
         c.missing = [
@@ -2145,9 +2244,10 @@ class Ledger:
 class Money:
     """What the recorded events must have done to the wallets, by the money rules (restated
     here, not imported from the service): a credit and a reversal pair per wall transaction
-    (link), at most one of each; the pair moves its user by credit - min(reversal, credit),
-    and a reversal naming another user than the credit, or without a credit, moves nothing.
-    Test events move nothing; AdGate approvals credit their points, alone."""
+    (link, as `Model` resolved it), at most one of each; the pair moves its user by
+    credit - min(reversal, credit), or by nothing when the reversal takes back the whole credit
+    (inBrain), and a reversal naming another user than the credit, or without a credit, moves
+    nothing. Test events move nothing; AdGate approvals credit their points, alone."""
 
     def __init__(self) -> None:
         self.credits: dict[tuple[str, str], Expect] = {}
@@ -2182,7 +2282,8 @@ class Money:
                 credited[credit.user] += credit.amount
                 reversal = self.reversals.get(link)
                 if reversal is not None and reversal.user == credit.user:
-                    reversed_[credit.user] += min(reversal.amount, credit.amount)
+                    taken = credit.amount if reversal.whole else min(reversal.amount, credit.amount)
+                    reversed_[credit.user] += taken
             return {u: (credited[u] - reversed_[u], credited[u], reversed_[u]) for u in self.users}
 
 

@@ -16,6 +16,7 @@ schemathesis on /v1/ is tests/integration/test_openapi.py.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -164,10 +165,12 @@ async def test_captured_postbacks_reshaped_or_replayed_move_at_most_what_the_rul
     """Seeded items of the two families built from one captured postback, many enough to hold
     every case: boundary shifts (403, nothing moves), and replays with the unsigned fields
     changed, among them reversals larger than their credit (they take back the credit only),
-    conflicts (a second reversal, another user's) and reversals that never pair."""
+    conflicts (a second reversal, another user's) and reversals that never pair; and the
+    captured URLs that tried to pre-empt or undo a chargeback (`captured_cases`)."""
     grammar, _ = state
     reversals_above_credit = 0
-    for i in range(80):
+    cases: Counter[str] = Counter()
+    for i in range(120):
         reqs = grammar.item(
             RandomSource(random.Random(f"captured/{i}")), ("shift", "replay")[i % 2]
         )
@@ -179,7 +182,49 @@ async def test_captured_postbacks_reshaped_or_replayed_move_at_most_what_the_rul
             for e in r.expects
             if e.linked and e.delta < 0 and e.link in credits and e.amount > credits[e.link].amount
         )
+        cases.update(captured_cases(reqs))
     assert reversals_above_credit > 0  # the case the rules bound was sent, and checked
+    assert set(cases) == set(CAPTURED_CASES), cases  # each was sent, and checked
+
+
+CAPTURED_CASES = {
+    "flipped credit, then its chargeback": "a Medioot credit URL resent with status=2 (and maybe"
+    " another uuid) takes back its own credit; the real chargeback under its own transid after"
+    " it is a DUP",
+    "flipped chargeback": "a chargeback URL under its own transid resent with status=1: a"
+    " conflict (DUP), nothing moves",
+    "inBrain reversal for nothing": "an inBrain reversal forged from a credit's body with"
+    " Reward 0 or 0.01, then the real reversal (a conflict: the forged one took the whole credit)",
+    "inBrain test reversal": "an inBrain reversal forged with IsTest, then the real reversal (it"
+    " takes back the whole credit)",
+}
+
+
+def captured_cases(reqs: list[Req]) -> set[str]:
+    """Which of CAPTURED_CASES an item of the replay family holds, from what `Model` said of
+    each request (the event it records, or would have recorded)."""
+    found = set()
+    events = [(r, (r.expects or r.unrecorded or (None,))[0]) for r in reqs]
+    for i, (r, e) in enumerate(events):
+        if e is None:
+            continue
+        later = [(x, f) for x, f in events[i + 1 :] if f is not None and x.family[:6] == "valid-"]
+        if r.family == "replay-medioot" and r.expects and e.delta < 0:
+            if any(
+                x.unrecorded and f.delta < 0 and f.key.endswith("-rv") and x.answer == "DUP"
+                for x, f in later
+            ):
+                found.add("flipped credit, then its chargeback")
+        if r.family == "replay-medioot" and r.unrecorded and e.delta > 0 and e.key.endswith("-rv"):
+            found.add("flipped chargeback")
+        if r.family == "replay-inbrain" and r.expects and e.key.startswith(("reversal:", "test-")):
+            if not any(f.key.startswith("reversal:") for _, f in later):
+                continue
+            if e.test and e.key.startswith("test-reversal:"):
+                found.add("inBrain test reversal")
+            elif not e.test and e.amount <= Decimal("0.01"):
+                found.add("inBrain reversal for nothing")
+    return found
 
 
 async def test_the_fuzz_configuration_admits_valid_adgate_only_through_the_proxy(
