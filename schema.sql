@@ -184,8 +184,9 @@ CREATE TABLE IF NOT EXISTS signatures (
 -- Projection: each wall transaction's credit and reversal (domain/settlement.py), so that a
 -- reversal takes back at most what its credit gave, from the same user, once. The link is the
 -- wall's transaction id (provider_ref), or the one a reversal was linked to by its click
--- (data.link). `click`: the credit's click id (Medioot's uuid), by which a reversal sent under a
--- transaction id of its own finds its credit. `reversal_whole`: the reversal takes back the
+-- (data.link). `click`: the credit's click id (Medioot's uuid), or a lone reversal's until its
+-- credit arrives, by which a reversal sent under a transaction id of its own finds its credit
+-- and a credit finds a reversal that came first. `reversal_whole`: the reversal takes back the
 -- whole credit, whatever amount it names (a wall that does not sign the amount).
 CREATE TABLE IF NOT EXISTS settlements (
     provider        text        NOT NULL,

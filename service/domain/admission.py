@@ -95,7 +95,7 @@ def admit(
         name = settlement.link(p)
         if name is not None:
             clicked = settlement.click(p)
-            target = _of_click(links, clicked, p.type) if clicked is not None else None
+            target = _of_click(links, clicked, p) if clicked is not None else None
             joined = settlement.linked_by_click(
                 p,
                 links.get(name),
@@ -119,15 +119,21 @@ def admit(
 def _of_click(
     links: Mapping[tuple[str, str], settlement.Settlement],
     clicked: tuple[str, str],
-    kind: EventType,
+    event: Postback,
 ) -> str | None:
-    """A transaction of the click holding the half `kind` lacks: a credit for a reversal, a lone
-    reversal for a credit (the first by link, so the same one each time)."""
+    """A transaction of the click holding the half `event` lacks: a credit for a reversal, a
+    lone reversal of the same user for a credit (the first by link, so the same one each
+    time)."""
     for (provider, transaction), s in sorted(links.items()):
         if (provider, s.click) != clicked:
             continue
-        if kind is EventType.REVERSED and s.credit_key is not None:
+        if event.type is EventType.REVERSED and s.credit_key is not None:
             return transaction
-        if kind is EventType.CREDITED and s.credit_key is None and s.reversal_key is not None:
+        if (
+            event.type is EventType.CREDITED
+            and s.credit_key is None
+            and s.reversal_key is not None
+            and s.reversal_user == event.user_id
+        ):
             return transaction
     return None

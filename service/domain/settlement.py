@@ -123,20 +123,22 @@ def conflict(s: Settlement, event: Recorded) -> str | None:
 
 def settle(s: Settlement, event: Recorded) -> tuple[Settlement, Movement]:
     """The link after `event` (checked with `conflict` first) and what `event` moves."""
+    named = click(event)
     if event.type is EventType.CREDITED:
-        named = click(event)
+        # The transaction's click is its credit's: a reversal that named one does not count.
         after = msgspec.structs.replace(
             s,
-            click=s.click or (named[1] if named else None),
+            click=named[1] if named else None,
             credit_key=event.key,
             credit_user=event.user_id,
             credited=event.amount,
         )
     else:
-        named = click(event)
+        # A lone reversal keeps its click, so that its credit can find it.
+        lone_click = s.click or (named[1] if named else None)
         after = msgspec.structs.replace(
             s,
-            click=s.click or (named[1] if named else None),
+            click=s.click if s.credit_key is not None else lone_click,
             reversal_key=event.key,
             reversal_user=event.user_id,
             reversed=event.amount,

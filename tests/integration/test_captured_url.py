@@ -464,3 +464,32 @@ async def test_a_forged_inbrain_reversal_cannot_pre_empt_the_real_one(
     assert body is not None
     assert (body["balance"], body["total_reversed"]) == ("0", "10")
     await assert_verified(pool)
+
+
+async def test_a_credit_joins_its_users_lone_chargeback_not_another_users(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    owner, other, click = unique(), unique(), unique("click")
+    first, second, third = (f"{unique('T')}-{n}" for n in (1, 2, 3))
+    assert await get(client, medioot(other, first, "4", status="2", uuid=click)) == (200, "OK")
+    assert await get(client, medioot(owner, second, "4", status="2", uuid=click)) == (200, "OK")
+    assert await get(client, medioot(owner, third, "10", uuid=click)) == (200, "OK")
+    assert await balance(client, owner) == "6"
+    await assert_verified(pool)
+
+
+async def test_a_click_named_only_by_a_reversal_does_not_become_its_credits(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    user, click, tx = unique(), unique("click"), unique("tx")
+    assert await get(client, medioot(user, tx, "10")) == (200, "OK")
+    assert await get(client, medioot(user, tx, "10", status="2", uuid=click)) == (200, "OK")
+    assert await balance(client, user) == "0"
+    # No credit named the click: this chargeback waits for its own credit, which then pairs.
+    assert await get(client, medioot(user, unique("tx"), "3", status="2", uuid=click)) == (
+        200,
+        "OK",
+    )
+    assert await get(client, medioot(user, unique("tx"), "7", uuid=click)) == (200, "OK")
+    assert await balance(client, user) == "4"
+    await assert_verified(pool)
