@@ -84,9 +84,9 @@ def admit(
     """The candidates that cannot be recorded, and those to record in another form (a reversal
     linked to its credit by the click: `data.link` names the credited transaction).
 
-    `links`: the settlements of the candidates' transactions and of the credited transactions
-    of their clicks; `owners`: the users of their receipt offers. Candidates come in the order
-    they will be inserted in, and each one admitted counts for those after it."""
+    `links`: the settlements of the candidates' transactions and of their clicks; `owners`: the
+    users of their receipt offers. Candidates come in the order they will be inserted in, and
+    each one admitted counts for those after it."""
     links = dict(links)
     owners = dict(owners)
     refused: dict[Key, Refusal] = {}
@@ -95,12 +95,7 @@ def admit(
         name = settlement.link(p)
         if name is not None:
             clicked = settlement.click(p)
-            target = _of_click(links, clicked, p) if clicked is not None else None
-            joined = settlement.linked_by_click(
-                p,
-                links.get(name),
-                None if target is None else (target, links[(p.provider, target)]),
-            )
+            joined = _of_click(links, clicked, p, links.get(name)) if clicked else None
             if joined is not None:
                 p = resolved[key] = msgspec.structs.replace(p, data={**p.data, "link": joined})
                 name = (p.provider, joined)
@@ -120,20 +115,13 @@ def _of_click(
     links: Mapping[tuple[str, str], settlement.Settlement],
     clicked: tuple[str, str],
     event: Postback,
+    own: settlement.Settlement | None,
 ) -> str | None:
-    """A transaction of the click holding the half `event` lacks: a credit for a reversal, a
-    lone reversal of the same user for a credit (the first by link, so the same one each
-    time)."""
+    """The transaction of the click that `event` joins (`settlement.linked_by_click`), the
+    first by link when several would do, so that it is the same one each time."""
     for (provider, transaction), s in sorted(links.items()):
-        if (provider, s.click) != clicked:
-            continue
-        if event.type is EventType.REVERSED and s.credit_key is not None:
-            return transaction
-        if (
-            event.type is EventType.CREDITED
-            and s.credit_key is None
-            and s.reversal_key is not None
-            and s.reversal_user == event.user_id
+        if (provider, s.click) == clicked and settlement.linked_by_click(
+            event, own, (transaction, s)
         ):
             return transaction
     return None
