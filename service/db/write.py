@@ -11,16 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
 
 from .. import metrics
 from ..domain import admission, receipt_offers, settlement, wallet
-from ..domain.events import Outcome, Postback
+from ..domain.events import AuthReason, Outcome, Postback
 from ..logs import log
-from ..providers.base import Answer, AuthReason
+from ..providers.base import Answer
 from . import Unavailable, translated
 from .write_sql import (
     EXISTING_EVENTS,
@@ -357,8 +357,7 @@ def _settle(
 
 def _refused(sub: Submission, refusal: admission.Refusal) -> Receipt:
     answer = sub.answer(refusal.outcome, refusal.detail)
-    reason = cast(AuthReason | None, refusal.auth_reason)
-    return Receipt(refusal.outcome, refusal.detail, answer, None, reason)
+    return Receipt(refusal.outcome, refusal.detail, answer, None, refusal.auth_reason)
 
 
 def refusal_receipt(sub: Submission) -> Receipt:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 import msgspec
 
 from . import receipt_offers, settlement
-from .events import EventType, Outcome, Postback
+from .events import AuthReason, EventType, Outcome, Postback
 
 Key = tuple[str, str]  # (provider, idempotency key)
 SignatureName = tuple[str, bytes]  # (provider, digest of the signature)
@@ -34,7 +34,7 @@ class SignatureUse(msgspec.Struct, frozen=True):
 class Refusal(msgspec.Struct, frozen=True):
     outcome: Outcome
     detail: str
-    auth_reason: str | None = None  # for the signature-failure counter
+    auth_reason: AuthReason | None = None  # for the signature-failure counter
 
 
 REPLAY = Refusal(

@@ -6,7 +6,7 @@ import datetime as dt
 import hashlib
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -31,6 +31,10 @@ class Outcome(StrEnum):
     INVALID = "invalid"
     UNAVAILABLE = "unavailable"
 
+
+# Why authentication failed: the signature did not match, the URL token did not, the source
+# address is not allowed, or the signature was already used with other values ("replay").
+AuthReason = Literal["signature", "token", "source_ip", "replay"]
 
 # The outcomes of a postback that appended an event.
 NEW_EVENT = frozenset(

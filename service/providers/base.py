@@ -19,20 +19,17 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal, Protocol
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 import msgspec
 
 from .. import settings
-from ..domain.events import Outcome, Postback
+from ..domain.events import AuthReason, Outcome, Postback
 from ..text import one_line
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-# Why authentication failed: the signature did not match, the URL token did not, the source
-# address is not allowed, or the signature was already used with other values ("replay").
-AuthReason = Literal["signature", "token", "source_ip", "replay"]
 
 MAX_ID_LENGTH = 255
 MAX_TEXT_LENGTH = 2000
