@@ -1,0 +1,146 @@
+"""A database written by the previous release, upgraded in place by this code's migrate.
+
+`tests/fixtures/previous_release.sql` is a dump of a database the previous release wrote through
+its real HTTP endpoints (`tests/fixtures/make_previous_release.py` made it and says from which
+commit); `previous_release.json` holds each wallet's balance then and the number of events. Each
+test loads the dump into a fresh, unmigrated database as the owner, runs migrate, and checks that
+nothing was lost and that the service carries on where the previous release stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from service.app import create_app
+from service.db.connection import connect
+from service.verify import Report
+from tests import helpers
+from tests.fixtures import make_previous_release as previous
+
+Client = TestClient[web.Request, web.Application]
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def expected() -> dict[str, Any]:
+    """The fixture's JSON: {"balances": {user: balance string}, "events": count}."""
+    data: dict[str, Any] = json.loads(
+        (FIXTURES / "previous_release.json").read_text(encoding="utf-8")
+    )
+    return data
+
+
+async def load_previous_release(database_url: str) -> None:
+    """The previous release's dump, run as one script by the owner `database_url`."""
+    sql = (FIXTURES / "previous_release.sql").read_text(encoding="utf-8")
+    conn = await connect(database_url, wait=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()  # the dump empties the session's search_path
+
+
+async def verify_as_owner(database_url: str) -> Report:
+    conn = await connect(database_url, wait=10)
+    try:
+        report: Report = await helpers.verify_log(conn)
+    finally:
+        await conn.close()
+    return report
+
+
+async def stored(database_url: str) -> tuple[dict[str, str], int]:
+    """Every wallet's balance as stored, and the number of events."""
+    conn = await connect(database_url, wait=10)
+    try:
+        rows = await conn.fetch("SELECT user_id, balance::text AS balance FROM wallets")
+        events: int = await conn.fetchval("SELECT count(*) FROM events")
+    finally:
+        await conn.close()
+    return {r["user_id"]: r["balance"] for r in rows}, events
+
+
+@pytest.fixture
+async def upgraded_database_url(fresh_database_url: str) -> str:
+    """A fresh database holding the previous release's dump, migrated by this code."""
+    await load_previous_release(fresh_database_url)
+    await helpers.migrate_as_owner(fresh_database_url)
+    return fresh_database_url
+
+
+@pytest.fixture
+async def upgraded_client(aiohttp_client: Any, upgraded_database_url: str) -> Client:
+    """The service, with the walls and secrets the fixture was written with, running on the
+    upgraded database."""
+    client: Client = await aiohttp_client(create_app(previous.settings(upgraded_database_url)))
+    return client
+
+
+async def balance(client: Client, user: str) -> Decimal:
+    resp = await client.get(f"/v1/wallets/{user}", headers=helpers.AUTH)
+    assert resp.status == 200, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return Decimal(body["balance"])
+
+
+async def test_fixture_holds_the_previous_release() -> None:
+    sql = (FIXTURES / "previous_release.sql").read_text(encoding="utf-8")
+    assert sql.startswith("-- A database written by the previous release")
+    assert "-- Made with commit " in sql.splitlines()[1]
+    want = expected()
+    assert want["events"] > 0
+    assert {u: Decimal(b) for u, b in want["balances"].items()} == previous.EXPECTED_BALANCES
+
+
+async def test_previous_release_is_upgraded_in_place(upgraded_database_url: str) -> None:
+    want = expected()
+
+    report = await verify_as_owner(upgraded_database_url)
+    assert report.ok, report.differences
+    assert report.events == want["events"]
+    assert report.wallets == len(want["balances"])
+    assert await stored(upgraded_database_url) == (want["balances"], want["events"])
+
+    await helpers.migrate_as_owner(upgraded_database_url)  # a second run changes nothing
+    report = await verify_as_owner(upgraded_database_url)
+    assert report.ok, report.differences
+    assert await stored(upgraded_database_url) == (want["balances"], want["events"])
+
+
+async def test_service_carries_on_after_the_upgrade(
+    upgraded_client: Client, upgraded_database_url: str
+) -> None:
+    want = expected()
+    user, transid, reward = previous.MEDIOOT_CREDITS[0]
+    before = Decimal(want["balances"][user])
+    assert await balance(upgraded_client, user) == before
+
+    new = helpers.medioot(user, "mtx-after-upgrade", "2.25")
+    resp = await upgraded_client.get("/postbacks/medioot", params=new)
+    assert (resp.status, await resp.text()) == (200, "OK")
+    assert await balance(upgraded_client, user) == before + Decimal("2.25")
+
+    replay = helpers.medioot(user, transid, reward)
+    resp = await upgraded_client.get("/postbacks/medioot", params=replay)
+    assert (resp.status, await resp.text()) == (200, "DUP")
+    user, transid, reward = previous.MEDIOOT_REVERSAL
+    replay = helpers.medioot(user, transid, reward, status="2")
+    resp = await upgraded_client.get("/postbacks/medioot", params=replay)
+    assert (resp.status, await resp.text()) == (200, "DUP")
+    assert await balance(upgraded_client, user) == before + Decimal("2.25")
+
+    balances, events = await stored(upgraded_database_url)
+    assert events == want["events"] + 1
+    assert {u: b for u, b in balances.items() if u != user} == {
+        u: b for u, b in want["balances"].items() if u != user
+    }
+    report = await verify_as_owner(upgraded_database_url)
+    assert report.ok, report.differences
+    assert report.events == want["events"] + 1
