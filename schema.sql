@@ -25,7 +25,9 @@ CREATE TABLE IF NOT EXISTS events (
     chain         smallint    NOT NULL DEFAULT 0,
     -- Idempotency lives here: a retried postback cannot insert a second row.
     CONSTRAINT events_provider_key_unique UNIQUE (provider, key),
-    CONSTRAINT events_type_known CHECK (type IN ('credited', 'reversed', 'receipt_status_changed')),
+    CONSTRAINT events_type_known CHECK (type IN ('credited', 'reversed', 'receipt_status_changed',
+                                                 'debited', 'hold_placed', 'hold_captured',
+                                                 'hold_released')),
     CONSTRAINT events_amount_in_range CHECK (amount >= 0 AND amount < 1e15)
 );
 
@@ -36,6 +38,22 @@ ALTER TABLE events ADD COLUMN IF NOT EXISTS prev_hash bytea;
 ALTER TABLE events ADD COLUMN IF NOT EXISTS hash bytea;
 -- Events written before the chain key existed keep their plain sha256 (chain 0) and still verify.
 ALTER TABLE events ADD COLUMN IF NOT EXISTS chain smallint NOT NULL DEFAULT 0;
+
+-- Upgrades a log created before spending existed: its check constraint knew three event types.
+-- The new one is NOT VALID, so adding it scans nothing (every older row has an older type);
+-- it still holds for every row written from now on.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                   WHERE conrelid = 'events'::regclass AND conname = 'events_type_known'
+                     AND pg_get_constraintdef(oid) LIKE '%hold_released%') THEN
+        ALTER TABLE events DROP CONSTRAINT IF EXISTS events_type_known;
+        ALTER TABLE events ADD CONSTRAINT events_type_known CHECK (type IN (
+            'credited', 'reversed', 'receipt_status_changed',
+            'debited', 'hold_placed', 'hold_captured', 'hold_released')) NOT VALID;
+    END IF;
+END;
+$$;
 
 CREATE INDEX IF NOT EXISTS events_user_position ON events (user_id, position);
 CREATE INDEX IF NOT EXISTS events_feed ON events (txid, position);
@@ -117,10 +135,56 @@ CREATE TABLE IF NOT EXISTS wallets (
     balance         numeric     NOT NULL DEFAULT 0,
     total_credited  numeric     NOT NULL DEFAULT 0,
     total_reversed  numeric     NOT NULL DEFAULT 0,
+    total_debited   numeric     NOT NULL DEFAULT 0,
     event_count     bigint      NOT NULL DEFAULT 0,
     last_position   bigint      NOT NULL DEFAULT 0,
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
+
+-- Debits and captured holds, since spending began (balance = credited - reversed - debited).
+ALTER TABLE wallets ADD COLUMN IF NOT EXISTS total_debited numeric NOT NULL DEFAULT 0;
+
+-- Wallets a chargeback took below zero after their user spent: finance's exposure, read by the
+-- negative-balance gauge without a scan of every wallet.
+CREATE INDEX IF NOT EXISTS wallets_negative ON wallets (user_id) WHERE balance < 0;
+
+-- Projection: holds (domain/holds.py), one row per hold, updated in the same transaction as its
+-- events. A hold counts in its wallet's `held` while `status` is 'held' and `expires_at` is in
+-- the future: readers compare with their own clock, so an expired hold stops counting at
+-- `expires_at` exactly, before its release event is written.
+CREATE TABLE IF NOT EXISTS holds (
+    hold_id        text        PRIMARY KEY,
+    owner          text        NOT NULL,
+    user_id        text        NOT NULL,
+    amount         numeric     NOT NULL,
+    status         text        NOT NULL,
+    captured       numeric     NOT NULL DEFAULT 0,
+    released       numeric     NOT NULL DEFAULT 0,
+    expires_at     timestamptz NOT NULL,
+    reference      text,
+    last_position  bigint      NOT NULL DEFAULT 0,
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT holds_status_known CHECK (status IN ('held', 'captured', 'voided', 'expired'))
+);
+
+CREATE INDEX IF NOT EXISTS holds_live_user ON holds (user_id) WHERE status = 'held';
+CREATE INDEX IF NOT EXISTS holds_live_expiry ON holds (expires_at) WHERE status = 'held';
+
+-- The first answer to each spending request's Idempotency-Key (scoped to its API key), given
+-- again, byte for byte, to every repeat of the same request. Not the ledger: rows older than
+-- `spend.idempotency_days` are deleted. After that the key's event still exists, and its
+-- unique key still refuses a second effect.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    api_key      text        NOT NULL,
+    key          text        NOT NULL,
+    fingerprint  bytea       NOT NULL,
+    status       smallint    NOT NULL,
+    body         bytea       NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (api_key, key)
+);
+
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);
 
 -- What arrived and how it was answered, refused postbacks included. Parameters are stored
 -- with signatures and tokens removed.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import keys, metrics
+from . import keys, metrics, upkeep
 from .db import connection
 from .domain.chain import ChainKey
 from .embedded import DATABASE, RUNTIME_ROLE, EmbeddedPostgres
@@ -168,12 +168,14 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         app[keys.FEED] = FeedSignal(dsns.runtime, pool)
         app[keys.FEED].start()
         probe = asyncio.create_task(_probe(app))
+        tending = asyncio.create_task(upkeep.run(app))
         try:
             yield
         finally:
-            probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await probe
+            for task in (probe, tending):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await writer.close()  # answer every queued postback before the pool goes
             await refusals.close()
             await app[keys.FEED].stop()

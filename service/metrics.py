@@ -48,6 +48,32 @@ REFUSALS_UNLOGGED = Counter(
     ["provider"],
 )
 EVENTS = Counter("ledger_events_total", "Events appended to the ledger, by type", ["type"])
+SPEND = Counter(
+    "ledger_spend_requests_total",
+    "Spending requests (debits, credits, holds), by operation and outcome",
+    ["operation", "outcome"],
+)
+SPEND_OUTCOMES = (
+    "applied",
+    "replayed",  # a repeat answered with its Idempotency-Key's first answer
+    "invalid",
+    "insufficient_funds",
+    "hold_not_found",
+    "hold_not_held",
+    "idempotency_key_reused",
+    "overloaded",
+    "unavailable",
+)
+NEGATIVE_WALLETS = Gauge(
+    "ledger_negative_wallets",
+    "Wallets whose balance is below zero (a chargeback after the user spent the credit)",
+    multiprocess_mode="mostrecent",
+)
+NEGATIVE_BALANCE = Gauge(
+    "ledger_negative_balance_total",
+    "The sum of the balances below zero, as a positive number: what the publisher is owed back",
+    multiprocess_mode="mostrecent",
+)
 DATABASE_UP = Gauge(
     "ledger_database_up",
     "1 when the database answered the last health probe, else 0",
@@ -114,3 +140,6 @@ def initialise(providers: Iterable[str]) -> None:
         REFUSALS_UNLOGGED.labels(provider=provider)
     for event_type in EventType:
         EVENTS.labels(type=event_type.value)
+    for operation in ("debit", "credit", "hold", "capture", "void", "expire"):
+        for spend_outcome in SPEND_OUTCOMES:
+            SPEND.labels(operation=operation, outcome=spend_outcome)

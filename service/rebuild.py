@@ -13,12 +13,12 @@ from .domain.chain import ChainKey
 from .replay import replay
 
 # Every projection, in the order the write path first touches them inside its transaction
-# (db/write.py reads settlements, then receipt offers, then writes receipt offers, settlements
-# and wallets; a read takes a table lock too). rebuild locks them in this same order: in any
-# other, a writer holding one while it waits for the next, and rebuild holding that next one
-# while it waits for the first, deadlock. A new projection goes where the write path first
-# touches it.
-PROJECTIONS = ("settlements", "receipt_offers", "wallets")
+# (db/write.py reads settlements, then receipt offers, then wallets and holds for spending,
+# then writes receipt offers, settlements, wallets and holds; a read takes a table lock too).
+# rebuild locks them in this same order: in any other, a writer holding one while it waits for
+# the next, and rebuild holding that next one while it waits for the first, deadlock. A new
+# projection goes where the write path first touches it.
+PROJECTIONS = ("settlements", "receipt_offers", "wallets", "holds")
 
 
 async def rebuild(conn: asyncpg.Connection, key: ChainKey) -> tuple[int, int, int]:
@@ -40,6 +40,7 @@ async def rebuild(conn: asyncpg.Connection, key: ChainKey) -> tuple[int, int, in
                 result.offers,
                 result.offer_last,
             )
+            await _copy(conn, "holds", ("hold_id",), result.holds, result.hold_last)
             await _copy(
                 conn,
                 "settlements",

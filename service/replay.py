@@ -1,7 +1,7 @@
-"""Replay the event log: fold every event into wallets, settlements and receipt offers with the
-pure domain code, and check every event's hash (recomputed here, with the chain key) and its link
-to the previous event of its user. `verify` compares the result with the projections; `rebuild`
-writes it in their place; checkpoints take the chain heads it collects."""
+"""Replay the event log: fold every event into wallets, settlements, receipt offers and holds
+with the pure domain code, and check every event's hash (recomputed here, with the chain key)
+and its link to the previous event of its user. `verify` compares the result with the
+projections; `rebuild` writes it in their place; checkpoints take the chain heads it collects."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from .db import read
-from .domain import chain, receipt_offers, settlement, wallet
+from .domain import chain, holds, receipt_offers, settlement, wallet
 from .domain.chain import ChainKey
 from .domain.events import Event
 from .progress import Progress
@@ -27,6 +27,8 @@ class Replay:
     offer_last: dict[tuple[str, str], int] = field(default_factory=dict)
     settlements: dict[tuple[str, str], settlement.Settlement] = field(default_factory=dict)
     settlement_last: dict[tuple[str, str], int] = field(default_factory=dict)
+    holds: dict[str, holds.Hold] = field(default_factory=dict)
+    hold_last: dict[str, int] = field(default_factory=dict)
     chain_breaks: list[str] = field(default_factory=list)
     # With a boundary: each user's chain head (hex) among the events of transactions below it.
     heads: dict[str, str] = field(default_factory=dict)
@@ -74,6 +76,10 @@ async def replay(
                 result.offers.get(offer, no_offer), event
             )
             result.offer_last[offer] = event.position
+        hold = holds.hold_id(event)
+        if hold is not None:
+            result.holds[hold] = holds.apply(result.holds.get(hold), event)
+            result.hold_last[hold] = event.position
         if c.chain == chain.UNKEYED:
             result.unkeyed += 1
         elif first_keyed is None:

@@ -19,7 +19,7 @@ import msgspec
 from .domain.amounts import AmountError, parse_amount
 from .text import one_line
 
-SCOPES = ("read",)
+SCOPES = ("read", "spend")
 
 _VAR = re.compile(r"\$\{([^}]*)\}")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -84,6 +84,15 @@ class Writer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     refusal_queue: int = 1000
 
 
+class Spend(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # Days an Idempotency-Key's first answer is kept and given again to a repeat. After that the
+    # key's event still refuses a second effect: the repeat is answered 422.
+    idempotency_days: float = 30.0
+    # Seconds between two passes of the expiry sweep, which records the release of every hold
+    # past its expiry (a hold stops counting at its expiry whether or not the sweep has run).
+    sweep_seconds: float = 1.0
+
+
 class Integrity(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # The key of the events' HMAC chain and of checkpoints; never stored in the database.
     chain_key: str = ""
@@ -117,6 +126,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     server: Server = Server()
     database: Database = Database()
     writer: Writer = Writer()
+    spend: Spend = Spend()
     integrity: Integrity = Integrity()
     providers: list[Provider] = []
     api_keys: list[ApiKey] = []
@@ -297,6 +307,24 @@ def _validate(settings: Settings) -> None:
                 raise ConfigError(
                     f"config: {where}.scopes: {scope!r} is not one of {', '.join(SCOPES)}"
                 )
+        if "spend" in k.scopes:
+            # A spending key's name is the `provider` of the events it makes.
+            if not _PROVIDER_NAME.fullmatch(k.name):
+                raise ConfigError(
+                    f"config: {where}.name: {k.name!r}: a key with scope spend needs a name of"
+                    " lowercase letters, digits, '-' or '_' (its events carry it)"
+                )
+            if k.name in seen:
+                raise ConfigError(
+                    f"config: {where}.name: {k.name!r} is also a provider's name; a key with"
+                    " scope spend records events under its name, so the two must differ"
+                )
+
+    spend = settings.spend
+    if not 0 < spend.idempotency_days <= 3650:
+        raise ConfigError("config: spend.idempotency_days: must be from 0 (excluded) to 3650")
+    if not 0 < spend.sweep_seconds <= 3600:
+        raise ConfigError("config: spend.sweep_seconds: must be from 0 (excluded) to 3600")
 
 
 def _network(text: str, where: str) -> Network:

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from .db import read, roles, translated
-from .domain import receipt_offers, settlement, wallet
+from .domain import holds, receipt_offers, settlement, wallet
 from .domain.amounts import format_amount
 from .domain.chain import ChainKey
 from .domain.checkpoint import FORMAT, Checkpoint, heads_digest
@@ -82,15 +82,20 @@ def compare_settlements(
     return _compare_keyed("transaction", computed, stored, _SETTLEMENT_FIELDS)
 
 
+def compare_holds(computed: Mapping[str, holds.Hold], stored: Mapping[str, Any]) -> list[str]:
+    """One line per hold whose projection differs from the replay of its events."""
+    return _compare_keyed("hold", computed, stored, holds.Hold.__struct_fields__)
+
+
 def _compare_keyed(
     kind: str,
-    computed: Mapping[tuple[str, str], object],
-    stored: Mapping[tuple[str, str], Any],
+    computed: Mapping[Any, object],
+    stored: Mapping[Any, Any],
     fields: tuple[str, ...],
 ) -> list[str]:
     differences = []
     for key in sorted(computed.keys() | stored.keys()):
-        name = f"{kind} {key[0]}/{key[1]!r}"
+        name = f"{kind} {key[0]}/{key[1]!r}" if isinstance(key, tuple) else f"{kind} {key!r}"
         expected, row = computed.get(key), stored.get(key)
         if row is None:
             differences.append(f"{name}: missing from the projection")
@@ -174,6 +179,7 @@ async def _examine(
             stored = await read.snapshot_wallets(conn)
             stored_offers = await read.snapshot_offers(conn)
             stored_settlements = await read.snapshot_settlements(conn)
+            stored_holds = await read.snapshot_holds(conn)
             result = await replay(conn, "verify", key, xmin if boundary is None else boundary)
     report = Report(
         events=result.events,
@@ -185,6 +191,7 @@ async def _examine(
             *compare(result.wallets, stored),
             *compare_offers(result.offers, stored_offers),
             *compare_settlements(result.settlements, stored_settlements),
+            *compare_holds(result.holds, stored_holds),
         ],
     )
     if result.unkeyed:

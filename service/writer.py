@@ -1,4 +1,5 @@
-"""Group commit: concurrent postbacks share one transaction of the write path.
+"""Group commit: concurrent postbacks (and spending requests) share one transaction of the write
+path.
 
 The cost of a postback is dominated by its commit (a WAL flush). Gathering concurrent postbacks
 into one `append` call pays that cost once per batch. The policy:
@@ -19,15 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from typing import Any
 
 import asyncpg
 
 from .db import Unavailable
-from .db.write import Receipt, Submission, append, notify_feed
+from .db.write import Item, Receipt, Result, Spend, SpendReceipt, Submission, append, notify_feed
 from .domain.events import NEW_EVENT
 from .logs import log
 
-_Pending = tuple[Submission, "asyncio.Future[Receipt]"]
+_Pending = tuple[Item, "asyncio.Future[Any]"]
 
 
 class Overloaded(Exception):
@@ -62,12 +64,22 @@ class Writer:
     async def submit(self, submission: Submission) -> Receipt:
         """Record one postback; raises `Unavailable` when it could not be committed and
         `Overloaded` when too many are already waiting."""
+        receipt: Receipt = await self._enqueue(submission)
+        return receipt
+
+    async def spend(self, spend: Spend) -> SpendReceipt:
+        """Decide and record one spending request, in the same batches as postbacks; raises
+        like `submit`."""
+        receipt: SpendReceipt = await self._enqueue(spend)
+        return receipt
+
+    async def _enqueue(self, item: Item) -> Any:
         if self._closing:
             raise Unavailable("the service is shutting down")
         if len(self._queue) >= self._max_queue:
             raise Overloaded(f"{len(self._queue)} postbacks already wait for the database")
-        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        self._queue.append((submission, future))
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
         self._arrived.set()
         if len(self._queue) >= self._cap:
             self._full.set()
@@ -119,7 +131,7 @@ class Writer:
 
     async def _write(self, batch: list[_Pending]) -> None:
         try:
-            receipts = await append(self._pool, [submission for submission, _ in batch])
+            receipts = await append(self._pool, [item for item, _ in batch])
         except Unavailable as exc:
             for _, future in batch:
                 _settle(future, exc)
@@ -135,7 +147,7 @@ class Writer:
             for (_, future), receipt in zip(batch, receipts, strict=True):
                 if not future.done():  # the caller may have gone away; the write stands
                     future.set_result(receipt)
-            if any(r.outcome in NEW_EVENT for r in receipts):
+            if any(_appended(r) for r in receipts):
                 self._notify_soon()
 
     def _notify_soon(self) -> None:
@@ -150,6 +162,12 @@ class Writer:
             pass  # readers re-check every second anyway
 
 
-def _settle(future: asyncio.Future[Receipt], exc: BaseException) -> None:
+def _appended(result: Result) -> bool:
+    if isinstance(result, Receipt):
+        return result.outcome in NEW_EVENT
+    return result.spent is not None
+
+
+def _settle(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)

@@ -19,8 +19,10 @@ MEDIOOT_SECRET = "test-medioot-secret"
 CHAIN_KEY = "test-chain-key-0123456789abcdef-0001"
 
 READ_KEY = "test-read-key-0001"
+SPEND_KEY = "test-spend-key-0001"  # scopes read and spend, name "shop"
 NO_SCOPE_KEY = "test-no-scope-key-0001"
 AUTH = {"Authorization": f"Bearer {READ_KEY}"}
+SPEND_AUTH = {"Authorization": f"Bearer {SPEND_KEY}"}
 
 
 def md5(text: str) -> str:
@@ -98,6 +100,7 @@ def settings(database_url: str, **overrides: Any) -> Settings:
         ],
         "api_keys": [
             {"name": "reader", "key": READ_KEY, "scopes": ["read"]},
+            {"name": "shop", "key": SPEND_KEY, "scopes": ["read", "spend"]},
             {"name": "noscope", "key": NO_SCOPE_KEY, "scopes": []},
         ],
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -32,14 +33,60 @@ def _event(row: asyncpg.Record) -> Event:
     )
 
 
+# A wallet with the sum of its live holds: those still held whose expiry is after this
+# statement's instant (an expired hold stops counting before its release is recorded).
+_WALLET = """
+WITH now AS MATERIALIZED (SELECT clock_timestamp() AS t)
+SELECT w.user_id, w.balance, w.total_credited, w.total_reversed, w.total_debited, w.event_count,
+       w.updated_at,
+       (SELECT coalesce(sum(h.amount), 0) FROM holds AS h, now
+        WHERE h.user_id = w.user_id AND h.status = 'held' AND h.expires_at > now.t) AS held
+FROM wallets AS w WHERE w.user_id = $1
+"""
+
+
 async def wallet(pool: asyncpg.Pool, user_id: str) -> asyncpg.Record | None:
     with translated():
+        row: asyncpg.Record | None = await pool.fetchrow(_WALLET, user_id)
+    return row
+
+
+_HOLD_COLUMNS = (
+    "hold_id, owner, user_id, amount, status, captured, released, expires_at, reference,"
+    " updated_at, clock_timestamp() AS now"
+)
+
+
+async def hold(pool: asyncpg.Pool, hold_id: str) -> asyncpg.Record | None:
+    """A hold's row, with the database's clock (`now`) to tell whether it is still live."""
+    with translated():
         row: asyncpg.Record | None = await pool.fetchrow(
-            "SELECT user_id, balance, total_credited, total_reversed, event_count, updated_at"
-            " FROM wallets WHERE user_id = $1",
-            user_id,
+            f"SELECT {_HOLD_COLUMNS} FROM holds WHERE hold_id = $1", hold_id
         )
     return row
+
+
+async def expired_holds(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
+    """Holds still `held` past their expiry, the earliest first: the expiry sweep's work."""
+    with translated():
+        rows: list[asyncpg.Record] = await pool.fetch(
+            "SELECT hold_id, user_id, owner FROM holds"
+            " WHERE status = 'held' AND expires_at <= clock_timestamp()"
+            " ORDER BY expires_at LIMIT $1",
+            limit,
+        )
+    return rows
+
+
+async def negative_wallets(pool: asyncpg.Pool) -> tuple[int, Decimal]:
+    """How many wallets are below zero, and the sum of their balances (zero or less)."""
+    with translated():
+        row = await pool.fetchrow(
+            "SELECT count(*) AS n, coalesce(sum(balance), 0) AS total FROM wallets"
+            " WHERE balance < 0"
+        )
+    assert row is not None
+    return row["n"], row["total"]
 
 
 async def wallet_events(pool: asyncpg.Pool, user_id: str, after: int, limit: int) -> list[Event]:
@@ -170,7 +217,8 @@ async def snapshot_boundary(conn: asyncpg.Connection) -> int:
 
 async def snapshot_wallets(conn: asyncpg.Connection) -> dict[str, Any]:
     rows = await conn.fetch(
-        "SELECT user_id, balance, total_credited, total_reversed, event_count FROM wallets"
+        "SELECT user_id, balance, total_credited, total_reversed, total_debited, event_count"
+        " FROM wallets"
     )
     return {r["user_id"]: r for r in rows}
 
@@ -216,3 +264,11 @@ async def snapshot_settlements(conn: asyncpg.Connection) -> dict[tuple[str, str]
         " reversal_user, reversed, reversal_whole FROM settlements"
     )
     return {(r["provider"], r["link"]): r for r in rows}
+
+
+async def snapshot_holds(conn: asyncpg.Connection) -> dict[str, Any]:
+    rows = await conn.fetch(
+        "SELECT hold_id, owner, user_id, amount, status, captured, released, expires_at,"
+        " reference FROM holds"
+    )
+    return {r["hold_id"]: r for r in rows}

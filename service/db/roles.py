@@ -13,6 +13,8 @@ from . import SCHEMA_PATH
 # of the schema (projections, logs; tables added later included): read, insert and update.
 EVENTS_GRANTS = "SELECT, INSERT"
 OTHER_GRANTS = "SELECT, INSERT, UPDATE"
+# Stored idempotency answers are deleted once they are older than their retention.
+DELETABLE = ("idempotency_keys",)
 # What the runtime role must not be able to do to the event log.
 FORBIDDEN = ("UPDATE", "DELETE", "TRUNCATE")
 
@@ -66,6 +68,8 @@ async def grant_runtime(conn: asyncpg.Connection, role: str) -> None:
     )
     for (table,) in tables:
         await conn.execute(f"GRANT {OTHER_GRANTS} ON {table} TO {who}")
+    for table in DELETABLE:
+        await conn.execute(f"GRANT DELETE ON {_ident(table)} TO {who}")
 
 
 async def runtime_problems(conn: asyncpg.Connection, role: str) -> list[str]:

@@ -1,15 +1,20 @@
-"""The one write path: `append(pool, batch)` records a batch of postbacks in one transaction.
+"""The one write path: `append(pool, batch)` records a batch of postbacks and spending requests
+in one transaction.
 
 For every submission it decides the outcome (new event, duplicate, conflict, a signature replay,
-or the refusal the handler already found), appends the new events, folds them into the
-settlements, receipt offers and wallets, and writes the postback log, all in the same
-transaction: an answer is only given for what has committed.
+or the refusal the handler already found); for every spending request, what it does to its
+wallet and hold (domain/spending.py) or the answer its Idempotency-Key already has. It appends
+the new events, folds them into the settlements, receipt offers, wallets and holds, stores the
+spending answers and writes the postback log, all in the same transaction: an answer is only
+given for what has committed. Within a batch, spending requests are decided first, in arrival
+order, against the wallets as they were before the batch; its postbacks are applied after them.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -17,22 +22,24 @@ import asyncpg
 import msgspec
 
 from .. import metrics
-from ..domain import admission, receipt_offers, settlement, wallet
-from ..domain.events import AuthReason, Outcome, Postback
+from ..domain import admission, holds, receipt_offers, settlement, spending, wallet
+from ..domain.events import AuthReason, Event, Outcome, Postback
 from ..logs import log
 from ..providers.base import Answer
 from . import Unavailable, translated
 from .write_sql import (
+    ANSWERS,
     EXISTING_EVENTS,
+    HOLDS,
     INSERT,
-    INSERT_LOG,
     LOCK_AND_SIGN,
     OFFERS,
-    PROJECT_AND_LOG,
+    PRUNE_ANSWERS,
     SETTLEMENTS,
     SIGNATURES,
+    SPEND_STATE,
     UPSERT_OFFERS,
-    WALLETS_AND_LOG,
+    project,
 )
 
 Key = tuple[str, str]
@@ -72,6 +79,43 @@ class Receipt:
     auth_reason: AuthReason | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """What a spending request did, for its answer: its events as recorded, and its wallet
+    (and hold) right after them, at `at`, the transaction's time."""
+
+    command: spending.Command
+    events: list[Event]
+    account: spending.Account
+    hold: holds.Hold | None
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """One spending request; `render` gives its answer (status, body) once it applied, and
+    that answer is stored for the repeats of its Idempotency-Key."""
+
+    command: spending.Command
+    render: Callable[[Spent], tuple[int, bytes]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpendReceipt:
+    """The answer to a spending request: what it did (`spent`), a refusal, or a stored answer
+    given again (`replayed`); None of the three for an expiry with nothing left to do."""
+
+    status: int = 200
+    body: bytes = b""
+    spent: Spent | None = None
+    refusal: spending.Refusal | None = None
+    replayed: bool = False
+
+
+Item = Submission | Spend
+Result = Receipt | SpendReceipt
+
+
 # What must match for a repeat to be a duplicate rather than a conflict; for a receipt status
 # event, also which offer it is about and the status it reports.
 Fingerprint = tuple[str, str, Decimal, bool, str | None, str | None]
@@ -97,7 +141,14 @@ async def notify_feed(pool: asyncpg.Pool) -> None:
         await pool.execute("SELECT pg_notify($1, '')", FEED_CHANNEL)
 
 
-async def append(pool: asyncpg.Pool, batch: Sequence[Submission]) -> list[Receipt]:
+async def prune_answers(pool: asyncpg.Pool, older_than_days: float, limit: int = 10_000) -> int:
+    """Delete up to `limit` stored idempotency answers older than `older_than_days`; how many."""
+    with translated():
+        status: str = await pool.execute(PRUNE_ANSWERS, older_than_days * 86400, limit)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def append(pool: asyncpg.Pool, batch: Sequence[Item]) -> list[Result]:
     """Record `batch` in one transaction; raises `Unavailable` when that cannot be done."""
     for attempt in range(1, _ATTEMPTS + 1):
         try:
@@ -116,20 +167,23 @@ async def append(pool: asyncpg.Pool, batch: Sequence[Submission]) -> list[Receip
             log.warning("write transaction rolled back, retrying", attempt=attempt, error=str(exc))
     for postback in new:
         metrics.EVENTS.labels(type=postback.type.value).inc()
-    for sub, receipt in zip(batch, results, strict=True):
-        if receipt.auth_reason is not None:
+    for item, result in zip(batch, results, strict=True):
+        if isinstance(item, Submission) and isinstance(result, Receipt) and result.auth_reason:
             metrics.SIGNATURE_FAILURES.labels(
-                provider=sub.log.provider, reason=receipt.auth_reason
+                provider=item.log.provider, reason=result.auth_reason
             ).inc()
     return results
 
 
 async def _append(
-    conn: asyncpg.Connection, batch: Sequence[Submission]
-) -> tuple[list[Receipt], list[Postback]]:
-    postbacks = [sub.postback for sub in batch if sub.postback is not None]
+    conn: asyncpg.Connection, batch: Sequence[Item]
+) -> tuple[list[Result], list[Postback]]:
+    submissions = [item for item in batch if isinstance(item, Submission)]
+    spends = [item for item in batch if isinstance(item, Spend)]
+    postbacks = [sub.postback for sub in submissions if sub.postback is not None]
+    recorded = await _lock_and_sign(conn, postbacks, _spend_locks(spends))
     unsigned = admission.signature_refusals(
-        postbacks, await _signature_uses(conn, postbacks, await _lock_and_sign(conn, postbacks))
+        postbacks, await _signature_uses(conn, postbacks, recorded)
     )
 
     # The first copy of each key that its signature authenticates is the candidate; later copies
@@ -145,15 +199,23 @@ async def _append(
     )
     # What is written: a reversal linked by its click carries the link it was given.
     admitted = {k: resolved.get(k, p) for k, p in candidates.items() if k not in refused}
-    ordered = [admitted[k] for k in sorted(admitted)]
+    plan = await _plan(conn, spends)
+    written = {**admitted, **plan.events}  # API key names are never provider names
+    ordered = [written[k] for k in sorted(written)]
 
     inserted: dict[Key, int] = {}
+    rows_of: dict[Key, asyncpg.Record] = {}
     stored: dict[Key, _Stored] = {}
     if ordered:
         rows = await conn.fetch(INSERT, *_event_columns(ordered))
-        inserted = {(r["provider"], r["key"]): r["position"] for r in rows}
+        rows_of = {(r["provider"], r["key"]): r for r in rows}
+        inserted = {key: r["position"] for key, r in rows_of.items()}
+        if any(key not in inserted for key in plan.events):
+            # Decided under the locks from rows that said these keys were free: retry afresh.
+            raise _Contended("a spending event's key was taken meanwhile")
         for key, position in inserted.items():
-            stored[key] = _Stored(_fingerprint(admitted[key]), position)
+            if key in admitted:
+                stored[key] = _Stored(_fingerprint(admitted[key]), position)
         skipped = [k for k in admitted if k not in inserted]
         if skipped:
             rows = await conn.fetch(
@@ -172,12 +234,12 @@ async def _append(
 
     # In position order: the order the receipt state machine and the settlements must see each
     # offer's and each transaction's events in.
-    new = [admitted[k] for k in sorted(inserted, key=inserted.__getitem__)]
+    new = [written[k] for k in sorted(inserted, key=inserted.__getitem__)]
     decided = await _apply_receipts(conn, new, inserted, offers)
     moved, settled = _settle(new, inserted, links)
-    results: list[Receipt] = []
+    receipts: list[Receipt] = []
     fresh: set[Key] = set()
-    for sub in batch:
+    for sub in submissions:
         pb = sub.postback
         refusal = None
         if pb is not None:
@@ -185,25 +247,38 @@ async def _append(
             if refusal is None and candidates.get((pb.provider, pb.key)) is pb:
                 refusal = refused.get((pb.provider, pb.key))
         if refusal is not None:
-            results.append(_refused(sub, refusal))
+            receipts.append(_refused(sub, refusal))
         else:
-            results.append(_judge(sub, inserted, stored, decided, moved, fresh))
+            receipts.append(_judge(sub, inserted, stored, decided, moved, fresh))
+    answered = _answer_spends(spends, plan, rows_of)
 
-    log = _log_columns(batch, results)
+    statement = project(
+        settle=bool(settled),
+        wallets=bool(new),
+        holds=bool(plan.holds),
+        answers=bool(answered.stored),
+        log=bool(submissions),
+    )
+    params: list[list[Any]] = []
     if settled:
-        written = await conn.fetchval(
-            PROJECT_AND_LOG,
-            *_settlement_columns(settled),
-            *_wallet_columns(new, inserted, moved),
-            *log,
-        )
-        if written != len(settled):
-            raise _Contended(f"{len(settled) - written} wall transactions changed meanwhile")
-    elif new:
-        await conn.execute(WALLETS_AND_LOG, *_wallet_columns(new, inserted, moved), *log)
-    else:
-        await conn.execute(INSERT_LOG, *log)
-    return results, new
+        params += _settlement_columns(settled)
+    if new:
+        params += _wallet_columns(new, inserted, moved)
+    if plan.holds:
+        params += _hold_columns(plan, inserted)
+    if answered.stored:
+        params += _answer_columns(answered.stored)
+    if submissions:
+        params += _log_columns(submissions, receipts)
+    if params:
+        written_settlements = await conn.fetchval(statement, *params)
+        if written_settlements != len(settled):
+            raise _Contended(
+                f"{len(settled) - written_settlements} wall transactions changed meanwhile"
+            )
+    by_item: dict[int, Result] = {id(s): r for s, r in zip(submissions, receipts, strict=True)}
+    by_item.update({id(s): r for s, r in zip(spends, answered.receipts, strict=True)})
+    return [by_item[id(item)] for item in batch], new
 
 
 class _Contended(Exception):
@@ -211,17 +286,17 @@ class _Contended(Exception):
 
 
 async def _lock_and_sign(
-    conn: asyncpg.Connection, postbacks: list[Postback]
+    conn: asyncpg.Connection, postbacks: list[Postback], spend_locks: set[str]
 ) -> dict[admission.SignatureName, admission.SignatureUse]:
     """Take the batch's locks; record the signatures first seen here (write_sql.LOCK_AND_SIGN)
     and return their first uses."""
-    if not postbacks:
+    if not postbacks and not spend_locks:
         return {}
     # Sorted, so that two batches inserting the same signatures wait on them in one order.
     uses = sorted(admission.first_uses(postbacks).items())
     recorded = await conn.fetch(
         LOCK_AND_SIGN,
-        _lock_names(postbacks),
+        sorted(_lock_names(postbacks) | spend_locks),
         [name[0] for name, _ in uses],
         [name[1] for name, _ in uses],
         [use.values for _, use in uses],
@@ -229,6 +304,18 @@ async def _lock_and_sign(
     )
     new = {(r["provider"], bytes(r["signature"])) for r in recorded if r["provider"] is not None}
     return {name: use for name, use in uses if name in new}
+
+
+def _spend_locks(spends: list[Spend]) -> set[str]:
+    """A spending request holds its user's lock (the one every write to that wallet takes) and
+    its Idempotency-Key's, so that the copies of one request are decided one after another."""
+    names: set[str] = set()
+    for spend in spends:
+        c = spend.command
+        names.add(f"user:{c.user_id}")
+        if c.idempotency_key is not None:  # API key names hold no ':'
+            names.add(f"idem:{c.api_key}:{c.idempotency_key}")
+    return names
 
 
 async def _signature_uses(
@@ -287,7 +374,7 @@ def _struct(kind: type[_S], row: asyncpg.Record) -> _S:
     return kind(**{name: row[name] for name in kind.__struct_fields__})
 
 
-def _lock_names(postbacks: list[Postback]) -> list[str]:
+def _lock_names(postbacks: list[Postback]) -> set[str]:
     names = {f"user:{p.user_id}" for p in postbacks}
     for p in postbacks:  # provider names hold no ':'
         offer = receipt_offers.offer_key(p)
@@ -299,7 +386,130 @@ def _lock_names(postbacks: list[Postback]) -> list[str]:
         clicked = settlement.click(p)
         if clicked is not None:
             names.add(f"click:{clicked[0]}:{clicked[1]}")
-    return sorted(names)
+    return names
+
+
+# What a batch's spending requests do, in arrival order: for each, a decision (its events, and
+# the account and hold after them), a refusal, an answer stored for its Idempotency-Key, the index
+# of an earlier copy in the batch whose answer it gets, or None (an expiry with nothing to do).
+_Outcome = spending.Decision | spending.Refusal | spending.Stored | int | None
+
+
+@dataclass
+class _Plan:
+    outcomes: list[_Outcome] = field(default_factory=list)
+    events: dict[Key, Postback] = field(default_factory=dict)
+    holds: dict[str, tuple[holds.Hold, Key]] = field(default_factory=dict)  # with its last event
+
+
+async def _plan(conn: asyncpg.Connection, spends: list[Spend]) -> _Plan:
+    """Decide the batch's spending requests from the state read under its locks."""
+    plan = _Plan()
+    if not spends:
+        return plan
+    commands = [spend.command for spend in spends]
+    rows = await conn.fetch(SPEND_STATE, sorted({c.user_id for c in commands}))
+    now: dt.datetime = rows[0]["now"]
+    accounts = {r["user_id"]: spending.Account(_struct(wallet.Wallet, r), r["held"]) for r in rows}
+    named = sorted({c.hold_id for c in commands if c.kind in _NAMES_A_HOLD})
+    states: dict[str, holds.Hold] = {}
+    if named:
+        states = {r["hold_id"]: _struct(holds.Hold, r) for r in await conn.fetch(HOLDS, named)}
+    answers = await _stored_answers(conn, commands)
+    firsts: dict[tuple[str, str], int] = {}
+    for i, c in enumerate(commands):
+        name = (c.api_key, c.idempotency_key or "")
+        if c.idempotency_key is not None:
+            judged: _Outcome = spending.judge_key(c, answers.get(name))
+            if judged is None and name in firsts:
+                same = commands[firsts[name]].fingerprint == c.fingerprint
+                judged = firsts[name] if same else spending.REUSED
+            if judged is not None:
+                plan.outcomes.append(judged)
+                continue
+        hold = states.get(c.hold_id) if c.kind in _NAMES_A_HOLD else None
+        if hold is not None and (hold.owner, hold.user_id) != (c.api_key, c.user_id):
+            hold = None  # another key's hold: as if it did not exist
+        decided = spending.decide(c, accounts.get(c.user_id, spending.Account()), hold, now)
+        if isinstance(decided, spending.Decision):
+            accounts[c.user_id] = decided.account
+            event = decided.events[-1]
+            plan.events.update({(e.provider, e.key): e for e in decided.events})
+            if decided.hold is not None:
+                states[c.hold_id] = decided.hold
+                plan.holds[c.hold_id] = (decided.hold, (event.provider, event.key))
+            if c.idempotency_key is not None:
+                firsts[name] = i
+        plan.outcomes.append(decided)
+    return plan
+
+
+_NAMES_A_HOLD = frozenset({spending.Kind.CAPTURE, spending.Kind.VOID, spending.Kind.EXPIRE})
+
+
+async def _stored_answers(
+    conn: asyncpg.Connection, commands: list[spending.Command]
+) -> dict[tuple[str, str], spending.Stored]:
+    keyed = sorted({(c.api_key, c.idempotency_key) for c in commands if c.idempotency_key})
+    if not keyed:
+        return {}
+    rows = await conn.fetch(ANSWERS, [k[0] for k in keyed], [k[1] for k in keyed])
+    answers: dict[tuple[str, str], spending.Stored] = {}
+    for r in rows:
+        if r["status"] is not None:
+            answers[(r["api_key"], r["key"])] = spending.Stored(
+                bytes(r["fingerprint"]), r["status"], bytes(r["body"])
+            )
+        elif r["used"]:
+            answers[(r["api_key"], r["key"])] = spending.Stored(b"", 0, b"")
+    return answers
+
+
+@dataclass
+class _Answered:
+    receipts: list[SpendReceipt] = field(default_factory=list)
+    # (command, status, body) of each first answer to an Idempotency-Key, to store
+    stored: list[tuple[spending.Command, int, bytes]] = field(default_factory=list)
+
+
+def _answer_spends(spends: list[Spend], plan: _Plan, rows: dict[Key, asyncpg.Record]) -> _Answered:
+    answered = _Answered()
+    for spend, outcome in zip(spends, plan.outcomes, strict=True):
+        if isinstance(outcome, int):  # a copy of an earlier request of the batch
+            first = answered.receipts[outcome]
+            receipt = SpendReceipt(first.status, first.body, replayed=True)
+        elif isinstance(outcome, spending.Stored):
+            receipt = SpendReceipt(outcome.status, outcome.body, replayed=True)
+        elif isinstance(outcome, spending.Refusal):
+            receipt = SpendReceipt(outcome.status, refusal=outcome)
+        elif outcome is None:
+            receipt = SpendReceipt()
+        else:
+            events = [_recorded(e, rows[(e.provider, e.key)]) for e in outcome.events]
+            at = events[0].recorded_at
+            spent = Spent(spend.command, events, outcome.account, outcome.hold, at)
+            status, body = (200, b"") if spend.render is None else spend.render(spent)
+            receipt = SpendReceipt(status, body, spent=spent)
+            if spend.command.idempotency_key is not None:
+                answered.stored.append((spend.command, status, body))
+        answered.receipts.append(receipt)
+    return answered
+
+
+def _recorded(p: Postback, row: asyncpg.Record) -> Event:
+    return Event(
+        position=row["position"],
+        provider=p.provider,
+        key=p.key,
+        type=p.type,
+        user_id=p.user_id,
+        amount=p.amount,
+        provider_ref=p.provider_ref,
+        test=p.test,
+        data=p.data,
+        recorded_at=row["recorded_at"],
+        hash=bytes(row["hash"]).hex(),
+    )
 
 
 async def _apply_receipts(
@@ -446,8 +656,36 @@ def _wallet_columns(
         [deltas[u].balance for u in users],
         [deltas[u].total_credited for u in users],
         [deltas[u].total_reversed for u in users],
+        [deltas[u].total_debited for u in users],
         [deltas[u].event_count for u in users],
         [last[u] for u in users],
+    ]
+
+
+def _hold_columns(plan: _Plan, inserted: dict[Key, int]) -> list[list[Any]]:
+    ids = sorted(plan.holds)
+    rows = [plan.holds[i] for i in ids]
+    return [
+        ids,
+        [h.owner for h, _ in rows],
+        [h.user_id for h, _ in rows],
+        [h.amount for h, _ in rows],
+        [h.status for h, _ in rows],
+        [h.captured for h, _ in rows],
+        [h.released for h, _ in rows],
+        [h.expires_at for h, _ in rows],
+        [h.reference for h, _ in rows],
+        [inserted[last] for _, last in rows],
+    ]
+
+
+def _answer_columns(stored: list[tuple[spending.Command, int, bytes]]) -> list[list[Any]]:
+    return [
+        [c.api_key for c, _, _ in stored],
+        [c.idempotency_key for c, _, _ in stored],
+        [c.fingerprint for c, _, _ in stored],
+        [status for _, status, _ in stored],
+        [body for _, _, body in stored],
     ]
 
 

@@ -3,6 +3,8 @@ as it does."""
 
 from __future__ import annotations
 
+import functools
+
 # Why the advisory locks come first: holding the lock of every user, receipt offer and wall
 # transaction (link) a batch touches *before* its events get their positions means that, per
 # user and per offer, positions are handed out in commit order. So a reader paging one wallet's
@@ -58,7 +60,7 @@ INSERT INTO events (provider, key, type, user_id, amount, provider_ref, test, da
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[],
                      $6::text[], $7::bool[], $8::text[]::jsonb[])
 ON CONFLICT (provider, key) DO NOTHING
-RETURNING provider, key, position
+RETURNING provider, key, position, recorded_at, hash
 """
 
 EXISTING_EVENTS = """
@@ -70,19 +72,75 @@ JOIN unnest($1::text[], $2::text[]) AS k(provider, key) ON e.provider = k.provid
 
 # Sorted by user so that concurrent batches lock wallet rows in one order (no deadlock).
 WALLETS = """
-INSERT INTO wallets AS w (user_id, balance, total_credited, total_reversed, event_count,
-                          last_position, updated_at)
-SELECT u, b, c, r, n, p, now()
-FROM unnest(${0}::text[], ${1}::numeric[], ${2}::numeric[], ${3}::numeric[], ${4}::bigint[],
-            ${5}::bigint[]) AS t(u, b, c, r, n, p)
+INSERT INTO wallets AS w (user_id, balance, total_credited, total_reversed, total_debited,
+                          event_count, last_position, updated_at)
+SELECT u, b, c, r, d, n, p, now()
+FROM unnest(${0}::text[], ${1}::numeric[], ${2}::numeric[], ${3}::numeric[], ${4}::numeric[],
+            ${5}::bigint[], ${6}::bigint[]) AS t(u, b, c, r, d, n, p)
 ORDER BY u
 ON CONFLICT (user_id) DO UPDATE SET
     balance = w.balance + EXCLUDED.balance,
     total_credited = w.total_credited + EXCLUDED.total_credited,
     total_reversed = w.total_reversed + EXCLUDED.total_reversed,
+    total_debited = w.total_debited + EXCLUDED.total_debited,
     event_count = w.event_count + EXCLUDED.event_count,
     last_position = greatest(w.last_position, EXCLUDED.last_position),
     updated_at = now()
+"""
+
+# Spending (domain/spending.py). Under the locks: each user's wallet and the sum of its live
+# holds, at one instant of the database's clock (`now`, read once), which also decides which
+# holds are live and when new ones expire. Wallets are read before holds: the order in which
+# every transaction first touches the projections (rebuild.PROJECTIONS).
+SPEND_STATE = """
+WITH now AS MATERIALIZED (SELECT clock_timestamp() AS t)
+SELECT u.user_id, now.t AS now,
+       coalesce(w.balance, 0) AS balance,
+       coalesce(w.total_credited, 0) AS total_credited,
+       coalesce(w.total_reversed, 0) AS total_reversed,
+       coalesce(w.total_debited, 0) AS total_debited,
+       coalesce(w.event_count, 0) AS event_count,
+       (SELECT coalesce(sum(h.amount), 0) FROM holds AS h
+        WHERE h.user_id = u.user_id AND h.status = 'held' AND h.expires_at > now.t) AS held
+FROM unnest($1::text[]) AS u(user_id)
+CROSS JOIN now
+LEFT JOIN wallets AS w ON w.user_id = u.user_id
+"""
+
+HOLDS = """
+SELECT hold_id, owner, user_id, amount, status, captured, released, expires_at, reference
+FROM holds WHERE hold_id = ANY($1::text[])
+"""
+
+# Each idempotency key's stored answer, or whether its event exists though the answer expired.
+ANSWERS = """
+SELECT k.api_key, k.key, i.fingerprint, i.status, i.body,
+       EXISTS (SELECT 1 FROM events AS e
+               WHERE e.provider = k.api_key AND e.key = 'request:' || k.key) AS used
+FROM unnest($1::text[], $2::text[]) AS k(api_key, key)
+LEFT JOIN idempotency_keys AS i ON i.api_key = k.api_key AND i.key = k.key
+"""
+
+# Holds are decided under their user's lock, so the row read is the row replaced.
+UPSERT_HOLDS = """
+INSERT INTO holds AS h (hold_id, owner, user_id, amount, status, captured, released, expires_at,
+                        reference, last_position, updated_at)
+SELECT *, now()
+FROM unnest(${0}::text[], ${1}::text[], ${2}::text[], ${3}::numeric[], ${4}::text[],
+            ${5}::numeric[], ${6}::numeric[], ${7}::timestamptz[], ${8}::text[], ${9}::bigint[])
+ON CONFLICT (hold_id) DO UPDATE SET
+    status = EXCLUDED.status,
+    captured = EXCLUDED.captured,
+    released = EXCLUDED.released,
+    last_position = EXCLUDED.last_position,
+    updated_at = now()
+"""
+
+# The first answer to each idempotency key, given again to its repeats. No ON CONFLICT: the
+# key's lock is held, so a row already there would be a bug, and it aborts the transaction.
+STORE_ANSWERS = """
+INSERT INTO idempotency_keys (api_key, key, fingerprint, status, body)
+SELECT * FROM unnest(${0}::text[], ${1}::text[], ${2}::bytea[], ${3}::int2[], ${4}::bytea[])
 """
 
 OFFERS = """
@@ -148,15 +206,37 @@ SELECT r, p, o, s, d, ip, m, pa::jsonb, ep
 FROM unnest(${0}::text[], ${1}::text[], ${2}::text[], ${3}::int2[], ${4}::text[], ${5}::text[],
             ${6}::text[], ${7}::text[], ${8}::int8[]) AS t(r, p, o, s, d, ip, m, pa, ep)
 """
-INSERT_LOG = LOG.format(*range(1, 10))
-# Settlements, wallets and the log in one round trip: data-modifying WITH clauses all run. A
-# batch that settles nothing leaves the settlements table alone (even an insert of no rows
-# locks it), so that every transaction touches the projections in one order: settlements,
-# receipt offers, wallets (rebuild locks them in that order too).
-WALLETS_AND_LOG = f"WITH changed AS ({WALLETS.format(*range(1, 7))}) {LOG.format(*range(7, 16))}"
-PROJECT_AND_LOG = (
-    f"WITH settled AS ({SETTLE.format(*range(1, 12))}),"
-    f" changed AS ({WALLETS.format(*range(12, 18))}),"
-    f" logged AS ({LOG.format(*range(18, 27))})"
-    " SELECT count(*) FROM settled"
-)
+
+
+@functools.cache
+def project(*, settle: bool, wallets: bool, holds: bool, answers: bool, log: bool) -> str:
+    """The batch's last statement: its settlements, wallets, holds, stored answers and postback
+    log in one round trip (data-modifying WITH clauses all run), taking their parameters in
+    that order. It answers how many settlements it wrote. A part with nothing to write is left
+    out: even an insert of no rows locks its table, and every transaction must touch the
+    projections in one order (settlements, receipt offers, wallets, holds: rebuild locks them in
+    that order too)."""
+    parts = [
+        ("settled", SETTLE, 11, settle),
+        ("changed", WALLETS, 7, wallets),
+        ("held", UPSERT_HOLDS, 10, holds),
+        ("answered", STORE_ANSWERS, 5, answers),
+        ("logged", LOG, 9, log),
+    ]
+    clauses, first = [], 1
+    for name, template, count, wanted in parts:
+        if wanted:
+            clauses.append(f"{name} AS ({template.format(*range(first, first + count))})")
+            first += count
+    result = "SELECT count(*) FROM settled" if settle else "SELECT 0"
+    return f"WITH {', '.join(clauses)} {result}" if clauses else result
+
+
+# Idempotency answers past their retention, a bounded number at a time (the upkeep loop comes
+# back for more), so that no delete holds many rows' locks for long.
+PRUNE_ANSWERS = """
+DELETE FROM idempotency_keys
+WHERE ctid = ANY (ARRAY(SELECT ctid FROM idempotency_keys
+                        WHERE created_at < now() - make_interval(secs => $1)
+                        LIMIT $2))
+"""

@@ -15,6 +15,11 @@ class EventType(StrEnum):
     CREDITED = "credited"
     REVERSED = "reversed"
     RECEIPT_STATUS_CHANGED = "receipt_status_changed"
+    # Spending by internal services (domain/spending.py); their credits are CREDITED events.
+    DEBITED = "debited"
+    HOLD_PLACED = "hold_placed"
+    HOLD_CAPTURED = "hold_captured"
+    HOLD_RELEASED = "hold_released"
 
 
 class Outcome(StrEnum):
@@ -31,6 +36,11 @@ class Outcome(StrEnum):
     INVALID = "invalid"
     UNAVAILABLE = "unavailable"
 
+
+# The key prefix of an event made by an internal service's request (domain/spending.py):
+# `request:` and its Idempotency-Key. Walls' keys never take it, so such a credit pairs with no
+# wall transaction.
+REQUEST_PREFIX = "request:"
 
 # Why authentication failed: the signature did not match, the URL token did not, the source
 # address is not allowed, or the signature was already used with other values ("replay").
@@ -81,7 +91,8 @@ class Signed(msgspec.Struct, frozen=True):
 
 
 class Postback(msgspec.Struct, frozen=True, kw_only=True):
-    """A postback normalised by its provider module: everything the write path needs."""
+    """A postback normalised by its provider module: everything the write path needs. The
+    events of spending requests (domain/spending.py) take the same form."""
 
     provider: str
     # Unique per provider; the database's unique constraint on (provider, key) is what makes

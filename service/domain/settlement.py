@@ -32,7 +32,7 @@ from decimal import Decimal
 import msgspec
 
 from .amounts import EXACT, ZERO
-from .events import EventType, Recorded
+from .events import REQUEST_PREFIX, EventType, Recorded
 
 WHOLE = "reverses_whole_credit"  # data flag of a reversal that takes back the whole credit
 
@@ -51,11 +51,11 @@ class Settlement(msgspec.Struct, frozen=True):
 
 
 class Movement(msgspec.Struct, frozen=True):
-    """What an event adds to its user's totals: credited and reversed (balance = their
-    difference)."""
+    """What an event adds to its user's totals (balance = credited - reversed - debited)."""
 
     credited: Decimal = ZERO
     reversed: Decimal = ZERO
+    debited: Decimal = ZERO
 
 
 NONE = Movement()
@@ -64,8 +64,10 @@ Links = MutableMapping[tuple[str, str], Settlement]
 
 def link(event: Recorded) -> tuple[str, str] | None:
     """(provider, wall transaction) of a credit or reversal; None for events that pair with
-    nothing (receipt statuses, test events)."""
+    nothing (receipt statuses, test events, an internal service's credits and spending)."""
     if event.test or event.type not in (EventType.CREDITED, EventType.REVERSED):
+        return None
+    if event.key.startswith(REQUEST_PREFIX):
         return None
     return event.provider, str(event.data.get("link") or event.provider_ref)
 
@@ -151,10 +153,21 @@ def settle(s: Settlement, event: Recorded) -> tuple[Settlement, Movement]:
     )
 
 
+_SPENT = frozenset({EventType.DEBITED, EventType.HOLD_CAPTURED})
+
+
 def unlinked(event: Recorded) -> Movement:
-    """What an event that pairs with nothing moves: a receipt offer's approval credits its
-    points, whatever the offer's state (so the fold stays order-free); the rest move nothing."""
-    if event.test or event.type is not EventType.RECEIPT_STATUS_CHANGED:
+    """What an event that pairs with nothing moves: an internal service's credit credits, a debit
+    and a hold's capture debit (placing and releasing a hold move only what is available, see
+    domain/holds.py); a receipt offer's approval credits its points, whatever the offer's state
+    (so the fold stays order-free); the rest move nothing."""
+    if event.test:
+        return NONE
+    if event.type is EventType.CREDITED:
+        return Movement(credited=event.amount)
+    if event.type in _SPENT:
+        return Movement(debited=event.amount)
+    if event.type is not EventType.RECEIPT_STATUS_CHANGED:
         return NONE
     if event.data.get("status") == "APPROVED":
         return Movement(credited=event.amount)

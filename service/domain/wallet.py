@@ -22,15 +22,18 @@ class Wallet(msgspec.Struct, frozen=True):
     balance: Decimal = ZERO
     total_credited: Decimal = ZERO
     total_reversed: Decimal = ZERO
+    total_debited: Decimal = ZERO
     event_count: int = 0
 
 
 def apply(wallet: Wallet, movement: Movement) -> Wallet:
     """The wallet after one more event that moves it by `movement`."""
+    change = EXACT.subtract(movement.credited, EXACT.add(movement.reversed, movement.debited))
     return Wallet(
-        balance=EXACT.add(wallet.balance, EXACT.subtract(movement.credited, movement.reversed)),
+        balance=EXACT.add(wallet.balance, change),
         total_credited=EXACT.add(wallet.total_credited, movement.credited),
         total_reversed=EXACT.add(wallet.total_reversed, movement.reversed),
+        total_debited=EXACT.add(wallet.total_debited, movement.debited),
         event_count=wallet.event_count + 1,
     )
 

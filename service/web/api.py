@@ -14,11 +14,11 @@ from aiohttp import web
 
 from .. import keys
 from ..db import read
-from ..domain.amounts import format_amount
+from ..domain.amounts import EXACT, format_amount
 from ..domain.events import Event, Outcome
 from .auth import requires
 from .middlewares import ApiError
-from .openapi import Operation, Param, document
+from .openapi import Operation, Param
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -33,9 +33,12 @@ _BASE64URL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 class WalletBody(msgspec.Struct):
     user_id: str
-    balance: str
+    balance: str  # total_credited - total_reversed - total_debited; below zero after a chargeback
     total_credited: str
     total_reversed: str
+    total_debited: str
+    held: str  # the sum of the wallet's live holds
+    available: str  # balance - held: what a debit or a hold may take
     event_count: int
     updated_at: dt.datetime
 
@@ -103,7 +106,11 @@ _encode = msgspec.json.Encoder(decimal_format="number").encode
 
 
 def _json(body: msgspec.Struct) -> web.Response:
-    return web.Response(body=_encode(body), content_type="application/json")
+    return json_body(200, _encode(body))
+
+
+def json_body(status: int, body: bytes) -> web.Response:
+    return web.Response(status=status, body=body, content_type="application/json")
 
 
 def encode_cursor(position: int) -> str:
@@ -157,7 +164,7 @@ def _wait(request: web.Request) -> float:
     return min(float(text), MAX_WAIT)
 
 
-def _text(value: str, name: str) -> str:
+def text_param(value: str, name: str) -> str:
     """A path or query value the database can compare: no NUL, valid UTF-8, bounded."""
     if len(value) > 255 or "\x00" in value:
         raise ApiError(400, f"invalid_{name}", f"{name} must be at most 255 characters, no NUL")
@@ -192,7 +199,7 @@ def event_body(event: Event) -> EventBody:
 
 @requires("read")
 async def get_wallet(request: web.Request) -> web.Response:
-    user_id = _text(request.match_info["user_id"], "user_id")
+    user_id = text_param(request.match_info["user_id"], "user_id")
     row = await read.wallet(request.app[keys.POOL], user_id)
     if row is None:
         raise ApiError(404, "wallet_not_found", f"no wallet for user {user_id!r}")
@@ -202,6 +209,9 @@ async def get_wallet(request: web.Request) -> web.Response:
             balance=format_amount(row["balance"]),
             total_credited=format_amount(row["total_credited"]),
             total_reversed=format_amount(row["total_reversed"]),
+            total_debited=format_amount(row["total_debited"]),
+            held=format_amount(row["held"]),
+            available=format_amount(EXACT.subtract(row["balance"], row["held"])),
             event_count=row["event_count"],
             updated_at=row["updated_at"],
         )
@@ -212,7 +222,7 @@ async def get_wallet(request: web.Request) -> web.Response:
 async def get_wallet_events(request: web.Request) -> web.Response:
     after = decode_cursor(request.query["after"]) if request.query.get("after") else 0
     limit = _limit(request)
-    user_id = _text(request.match_info["user_id"], "user_id")
+    user_id = text_param(request.match_info["user_id"], "user_id")
     events = await read.wallet_events(request.app[keys.POOL], user_id, after, limit)
     next_cursor = encode_cursor(events[-1].position) if len(events) == limit else None
     return _json(EventsPage(events=[event_body(e) for e in events], next=next_cursor))
@@ -222,8 +232,8 @@ async def get_wallet_events(request: web.Request) -> web.Response:
 async def get_receipt_offer(request: web.Request) -> web.Response:
     after = decode_cursor(request.query["after"]) if request.query.get("after") else 0
     limit = _limit(request)
-    provider = _text(request.match_info["provider"], "provider")
-    offer = _text(request.match_info["upload_offer_id"], "upload_offer_id")
+    provider = text_param(request.match_info["provider"], "provider")
+    offer = text_param(request.match_info["upload_offer_id"], "upload_offer_id")
     # One more than asked: whether a next page exists, so that `next` is null on the last.
     row, events = await read.receipt_offer(
         request.app[keys.POOL], provider, offer, after, limit + 1
@@ -260,7 +270,7 @@ async def get_postbacks(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_outcome", f"outcome must be one of {', '.join(Outcome)}")
     before = decode_cursor(query["before"]) if query.get("before") else None
     limit = _limit(request)
-    provider = _text(query["provider"], "provider") if query.get("provider") else None
+    provider = text_param(query["provider"], "provider") if query.get("provider") else None
     rows = await read.postbacks(request.app[keys.POOL], provider, outcome, before, limit)
     bodies = [PostbackBody(**dict(r)) for r in rows]
     next_cursor = encode_cursor(bodies[-1].id) if len(bodies) == limit else None
@@ -296,11 +306,6 @@ def _client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-@requires("read")
-async def get_openapi(request: web.Request) -> web.Response:
-    return web.Response(body=_OPENAPI, content_type="application/json")
-
-
 _CURSOR_PARAM = "an opaque cursor: the `next` of the previous page"
 _CURSOR_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
 _LIMIT = Param(
@@ -317,7 +322,8 @@ _AFTER = Param(
     {"type": "string", "pattern": "^([A-Za-z0-9_-]{1,64}|[0-9]{1,19})$"},
 )
 
-OPERATIONS = (
+# The read routes (web/catalogue.py adds the spending routes and the document itself).
+READS = (
     Operation("/v1/wallets/{user_id}", get_wallet, "A user's wallet", WalletBody, (_USER,)),
     Operation(
         "/v1/wallets/{user_id}/events",
@@ -366,7 +372,4 @@ OPERATIONS = (
             _LIMIT,
         ),
     ),
-    Operation("/v1/openapi.json", get_openapi, "This document", dict[str, Any]),
 )
-
-_OPENAPI = msgspec.json.encode(document(OPERATIONS))

@@ -12,6 +12,10 @@ from aiohttp import web
 
 from ..settings import ApiKey
 
+# The name of the API key a /v1/ request authenticated with (set by the authentication
+# middleware): the events of a spending request carry it as their provider.
+API_KEY = web.RequestKey("api_key", str)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
 

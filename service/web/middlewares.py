@@ -13,7 +13,7 @@ from aiohttp import web
 from .. import keys
 from ..db import Unavailable
 from ..logs import log
-from .auth import Handler, required_scope
+from .auth import API_KEY, Handler, required_scope
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -91,7 +91,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400 or not api:
             raise
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "bad_request")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            exc.status, "bad_request"
+        )
         return json_error(exc.status, code, exc.reason)
     except Exception:
         log.exception("unhandled error")
@@ -113,4 +115,5 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if scope is not None and scope not in key.scopes:
         raise ApiError(403, "forbidden", f"API key {key.name} lacks scope {scope}")
     structlog.contextvars.bind_contextvars(api_key=key.name)
+    request[API_KEY] = key.name
     return await handler(request)

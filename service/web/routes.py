@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import api, health, postbacks
+from . import catalogue, health, postbacks
 
 
 def add_routes(app: web.Application) -> None:
@@ -22,5 +22,8 @@ def add_routes(app: web.Application) -> None:
     # The internal listener: the API, metrics, probes (and the operator pages, under /ui/).
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)
-    for operation in api.OPERATIONS:
-        app.router.add_get(operation.path, operation.handler)
+    for operation in catalogue.OPERATIONS:
+        if operation.method == "get":
+            app.router.add_get(operation.path, operation.handler)
+        else:
+            app.router.add_route(operation.method.upper(), operation.path, operation.handler)

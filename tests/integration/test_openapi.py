@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 
 from service.app import create_app
-from service.web.api import OPERATIONS
+from service.web.catalogue import OPERATIONS
 from tests import helpers
 from tests.helpers import AUTH, medioot, unique
 

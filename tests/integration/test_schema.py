@@ -100,6 +100,8 @@ async def test_schema_applies_on_an_empty_database(pool: asyncpg.Pool) -> None:
             )
             assert [r[0] for r in tables] == [
                 "events",
+                "holds",
+                "idempotency_keys",
                 "postback_log",
                 "receipt_offers",
                 "settlements",

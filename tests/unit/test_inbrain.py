@@ -226,7 +226,8 @@ def test_reversal_takes_back_its_credit() -> None:
     assert wallet.outcome(wallet.alone(postback)) is Outcome.RECORDED
     assert postback.data["reverses_whole_credit"] is True
     credit = normalise(callback("u", "R1", Raw("4"), RewardType="offer_completed"))
-    assert wallet.fold([credit, postback]) == wallet.Wallet(Decimal(0), Decimal(4), Decimal(4), 2)
+    expected = wallet.Wallet(Decimal(0), Decimal(4), Decimal(4), event_count=2)
+    assert wallet.fold([credit, postback]) == expected
 
 
 def test_a_test_callback_has_keys_of_its_own() -> None:

@@ -10,7 +10,7 @@ from service.verify import Report, compare
 
 
 def wallet(balance: str, credited: str, reversed_: str, count: int) -> Wallet:
-    return Wallet(Decimal(balance), Decimal(credited), Decimal(reversed_), count)
+    return Wallet(Decimal(balance), Decimal(credited), Decimal(reversed_), event_count=count)
 
 
 def row(balance: str, credited: str, reversed_: str, count: int) -> dict[str, Any]:
@@ -19,6 +19,7 @@ def row(balance: str, credited: str, reversed_: str, count: int) -> dict[str, An
         "balance": Decimal(balance),
         "total_credited": Decimal(credited),
         "total_reversed": Decimal(reversed_),
+        "total_debited": Decimal(0),
         "event_count": count,
     }
 

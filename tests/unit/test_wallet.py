@@ -71,14 +71,14 @@ def test_a_reversal_without_its_credit_moves_nothing_yet() -> None:
 
 def test_a_reversal_takes_back_at_most_its_credit() -> None:
     wallet = fold([credit("5"), reversal("500000")])
-    assert wallet == Wallet(Decimal(0), Decimal(5), Decimal(5), 2)
+    assert wallet == Wallet(Decimal(0), Decimal(5), Decimal(5), event_count=2)
 
 
 @pytest.mark.parametrize("order", [(0, 1), (1, 0)])
 def test_a_partial_reversal_in_either_order(order: tuple[int, int]) -> None:
     events = [credit("10.50"), reversal("4.25")]
     wallet = fold([events[i] for i in order])
-    assert wallet == Wallet(Decimal("6.25"), Decimal("10.50"), Decimal("4.25"), 2)
+    assert wallet == Wallet(Decimal("6.25"), Decimal("10.50"), Decimal("4.25"), event_count=2)
 
 
 def test_a_reversal_that_arrives_first_is_settled_by_its_credit() -> None:
