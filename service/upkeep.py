@@ -32,7 +32,7 @@ async def run(app: web.Application) -> None:
             await sweep(app)
             if time.monotonic() >= slow_due:
                 slow_due = time.monotonic() + SLOW_EVERY
-                await _gauges(app)
+                await refresh_gauges(app)
                 await prune_answers(app[keys.POOL], settings.idempotency_days)
         except (Unavailable, Overloaded) as exc:
             log.warning("upkeep skipped a pass", error=str(exc))
@@ -66,7 +66,7 @@ async def sweep(app: web.Application) -> int:
     return released
 
 
-async def _gauges(app: web.Application) -> None:
+async def refresh_gauges(app: web.Application) -> None:
     count, total = await read.negative_wallets(app[keys.POOL])
     metrics.NEGATIVE_WALLETS.set(count)
     # Prometheus samples are floating point: the gauge is for alerting on exposure; the exact

@@ -19,7 +19,7 @@ from schemathesis.checks import positive_data_acceptance
 from service.app import create_app
 from service.web.catalogue import OPERATIONS
 from tests import helpers
-from tests.helpers import AUTH, medioot, unique
+from tests.helpers import AUTH, SPEND_AUTH, medioot, unique
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def live_url(database_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def api_schema(live_url: str) -> Any:
-    return schemathesis.openapi.from_url(f"{live_url}/v1/openapi.json", headers=AUTH)
+    return schemathesis.openapi.from_url(f"{live_url}/v1/openapi.json", headers=SPEND_AUTH)
 
 
 async def test_document_describes_every_v1_route(client: TestClient) -> None:  # type: ignore[type-arg]
@@ -63,13 +63,26 @@ async def test_document_describes_every_v1_route(client: TestClient) -> None:  #
     wallet = doc["components"]["schemas"]["WalletBody"]
     assert wallet["properties"]["balance"] == {"type": "string"}
     for path in doc["paths"].values():
-        assert {"200", "400", "401", "403", "404", "503"} <= path["get"]["responses"].keys()
+        for operation in path.values():
+            success = "201" if operation["operationId"] in CREATING else "200"
+            assert {success, "400", "401", "403", "404", "503"} <= operation["responses"].keys()
+    debits = doc["paths"]["/v1/wallets/{user_id}/debits"]["post"]
+    assert {"409", "422"} <= debits["responses"].keys()
+    assert debits["requestBody"]["required"] is True
+    header = [p for p in debits["parameters"] if p["in"] == "header"]
+    assert [(p["name"], p["required"]) for p in header] == [("Idempotency-Key", True)]
+    wallet_fields = doc["components"]["schemas"]["WalletBody"]["properties"]
+    assert {"held", "available", "total_debited"} <= wallet_fields.keys()
     assert (await client.get("/v1/openapi.json")).status == 401
+
+
+CREATING = {"post_debit", "post_credit", "post_hold"}
 
 
 def test_live_service_matches_its_document(api_schema: Any, live_url: str) -> None:
     """Every operation, with cases generated from the document: no 5xx, every status, header,
-    content type and body as documented."""
+    content type and body as documented. The key holds scopes read and spend, so spending
+    requests are made for real (with the Idempotency-Keys the cases generate)."""
     operations = [result.ok() for result in api_schema.get_all_operations()]
     # schemathesis leaves out the document's own address
     assert {o.path for o in operations} == {o.path for o in OPERATIONS} - {"/v1/openapi.json"}
@@ -82,7 +95,7 @@ def test_live_service_matches_its_document(api_schema: Any, live_url: str) -> No
             # string the API never handed out is rightly a 400, and no schema can say which
             # strings were handed out. Every other check runs, 5xx and conformance included.
             case.call_and_validate(
-                base_url=live_url, headers=AUTH, excluded_checks=[positive_data_acceptance]
+                base_url=live_url, headers=SPEND_AUTH, excluded_checks=[positive_data_acceptance]
             )
 
         check()

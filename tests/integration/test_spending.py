@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from service.upkeep import sweep
+from service.upkeep import refresh_gauges, sweep
 from tests import helpers
 from tests.helpers import AUTH, SPEND_AUTH, medioot, unique
 
@@ -387,3 +387,23 @@ async def test_spending_needs_the_spend_scope(client: Client) -> None:
         headers={**AUTH, "Idempotency-Key": "k"},
     )
     assert resp.status == 403
+
+
+async def test_negative_wallets_are_gauged_and_spending_counted(client: Client) -> None:
+    user = unique("exposed")
+    tx = unique("tx")
+    assert (await client.get("/postbacks/medioot", params=medioot(user, tx, "10"))).status == 200
+    status, _, _ = await post(client, f"/v1/wallets/{user}/debits", {"amount": "9.50"})
+    assert status == 201
+    await client.get("/postbacks/medioot", params=medioot(user, tx, "10", status="2"))
+    await refresh_gauges(client.app)
+    text = await (await client.get("/metrics")).text()
+    samples = {
+        line.split(" ")[0]: line.split(" ")[1]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert float(samples["ledger_negative_wallets"]) >= 1
+    assert float(samples["ledger_negative_balance_total"]) >= 9.5
+    applied = 'ledger_spend_requests_total{operation="debit",outcome="applied"}'
+    assert float(samples[applied]) >= 1
