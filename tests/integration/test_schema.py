@@ -102,10 +102,14 @@ async def test_schema_applies_on_an_empty_database(pool: asyncpg.Pool) -> None:
                 "events",
                 "postback_log",
                 "receipt_offers",
+                "schema_upgrades",
                 "settlements",
                 "signatures",
                 "wallets",
             ]
+            # Nothing to upgrade in a fresh database: each upgrade is only recorded as done.
+            upgrades = await conn.fetch("SELECT name FROM scratch.schema_upgrades")
+            assert [r[0] for r in upgrades] == ["receipt_conversions"]
         finally:
             await tx.rollback()
 
