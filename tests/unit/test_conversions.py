@@ -8,7 +8,7 @@ from decimal import Decimal
 import msgspec
 import pytest
 
-from service.domain import receipt_offers, settlement, wallet
+from service.domain import admission, receipt_offers, settlement, wallet
 from service.domain.events import EventType, Outcome, Postback
 from service.domain.settlement import NONE, Movement, Settlement, conflict, link, move, settle
 
@@ -260,3 +260,16 @@ def test_the_offer_of_a_rejection_first_counts_nothing() -> None:
     )
     assert outcomes == [Outcome.STATUS_CHANGED, Outcome.STATUS_CHANGED]
     assert (offer.status, offer.points_credited) == ("APPROVED", Decimal(0))
+
+
+# --- admission within one batch ------------------------------------------------------------------
+
+
+def test_an_approval_refused_for_its_offer_leaves_its_conversion_to_the_rest_of_the_batch() -> None:
+    batch = [
+        approval("pending", event_id="e1", user="owner"),
+        approval("approved", event_id="e2", user="other"),  # the offer is owner's: refused
+        approval("approved", event_id="e3", user="owner"),
+    ]
+    refused, _ = admission.admit([((e.provider, e.key), e) for e in batch], {}, {})
+    assert refused == {("adgate", "event:e2"): admission.OTHER_OWNER}
