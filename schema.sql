@@ -300,3 +300,34 @@ BEGIN
     END IF;
 END;
 $$;
+
+-- Upgrades that must run exactly once, by name: each runs only while its name is absent here,
+-- then records it. On a fresh database there is nothing to upgrade, and it is only recorded.
+CREATE TABLE IF NOT EXISTS schema_upgrades (
+    name        text        PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- A log written before an AdGate approval's `state` was read: each APPROVED receipt event
+-- (without data.conversion_state) credited its points on its own. Each becomes part of its
+-- conversion (domain/settlement.py): by conversion_id, or the event itself without one; the
+-- first names the credit and the conversion's credit is the sum of their points, as they were
+-- credited, so that a rejection arriving after the upgrade takes it back.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM schema_upgrades WHERE name = 'receipt_conversions') THEN
+        INSERT INTO settlements (provider, link, credit_key, credit_user, credited, last_position)
+        SELECT provider, link,
+               (array_agg(key ORDER BY position))[1],
+               (array_agg(user_id ORDER BY position))[1],
+               sum(amount),
+               max(position)
+        FROM (SELECT *, coalesce('conversion:' || nullif(data->>'conversion_id', ''), key) AS link
+              FROM events
+              WHERE type = 'receipt_status_changed' AND data->>'status' = 'APPROVED'
+                AND NOT test AND NOT data ? 'conversion_state') AS e
+        GROUP BY provider, link;
+        INSERT INTO schema_upgrades (name) VALUES ('receipt_conversions');
+    END IF;
+END;
+$$;

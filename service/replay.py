@@ -73,7 +73,7 @@ async def replay(
         offer = receipt_offers.offer_key(event)
         if offer is not None:
             result.offers[offer], _ = receipt_offers.apply(
-                result.offers.get(offer, no_offer), event
+                result.offers.get(offer, no_offer), event, movement
             )
             result.offer_last[offer] = event.position
         hold = holds.hold_id(event)

@@ -953,7 +953,8 @@ WALLET_EVENTS_SQL = """
 SELECT provider, key, type, user_id, amount, test, data->>'status' AS status,
        provider_ref, coalesce(data->>'uuid', '') AS click,
        coalesce(data->>'link', provider_ref) AS link,
-       coalesce(data->>'reverses_whole_credit' = 'true', false) AS whole
+       coalesce(data->>'reverses_whole_credit' = 'true', false) AS whole,
+       data->>'conversion_id' AS conversion, data->>'conversion_state' AS state
 FROM events ORDER BY position
 """
 WALLETS_SQL = "SELECT user_id, balance, total_credited, total_reversed, event_count FROM wallets"
@@ -974,12 +975,19 @@ def expected_wallets(
     transaction the credit and the reversal pair: together they move the credit's user by
     credit - min(reversal, credit), or by nothing when the reversal takes back the whole credit
     (the providers in `whole`); a reversal alone, or naming another user, moves nothing. Test
-    events move nothing; a receipt status APPROVED credits its points alone."""
+    events move nothing. A receipt status APPROVED belongs to its conversion (`conversion_id`, or
+    the event alone without one), whose `state` moves the money: the conversion is credited its
+    points by its first `approved` (an event without a state, written before the rule, adds its
+    points each), `pending` moves nothing, and its first `rejected` takes back the whole credit
+    from the credit's user, whenever the credit arrives; a conversion's event naming another
+    user than its credit or its rejection breaks the rules outright."""
     credited: Counter[str] = Counter()
     reversed_: Counter[str] = Counter()
     count: Counter[str] = Counter()
     credits: dict[tuple[str, str], Any] = {}
     reversals: dict[tuple[str, str], Any] = {}
+    # conversion -> [credit's user, credit (None: none yet), rejecting user (None: none yet)]
+    conversions: dict[tuple[str, str], list[Any]] = {}
     broken = []
     with decimal.localcontext(decimal.Context(prec=200)):  # sums stay exact
         for e in events:
@@ -999,7 +1007,26 @@ def expected_wallets(
                 else:
                     firsts[link] = e
             elif e["status"] == "APPROVED":
-                credited[user] += e["amount"]
+                name = (
+                    e["provider"],
+                    f"conversion:{e['conversion']}" if e["conversion"] else e["key"],
+                )
+                conv = conversions.setdefault(name, [None, None, None])
+                state = e["state"]
+                if state is not None and any(u not in (None, user) for u in (conv[0], conv[2])):
+                    broken.append(f"{name}: {e['key']} names another user than the conversion")
+                elif state is None:  # written before the rule: each added its points
+                    conv[0] = conv[0] or user
+                    conv[1] = (conv[1] or 0) + e["amount"]
+                elif state == "approved" and conv[1] is None:
+                    conv[0], conv[1] = user, e["amount"]
+                elif state == "rejected" and conv[2] is None:
+                    conv[2] = user
+        for owner, points, rejecter in conversions.values():
+            if points is not None:
+                credited[owner] += points
+                if rejecter == owner:
+                    reversed_[owner] += points
         for link, credit in credits.items():
             user = credit["user_id"]
             credited[user] += credit["amount"]

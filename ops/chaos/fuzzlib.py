@@ -243,6 +243,11 @@ class Expect:
     link: str = ""
     click: str = ""  # the Medioot `uuid` it names, "" for none
     whole: bool = False  # a reversal that takes back the whole credit, whatever its amount
+    # An AdGate approval: its conversion (`conversion:<conversion_id>`, or its own key when it
+    # names none) and what its `state` does there: "approved", "pending" or "rejected". "" for
+    # every other event; an approval without a conversion credits its amount alone.
+    conversion: str = ""
+    state: str = ""
 
     @property
     def linked(self) -> bool:
@@ -593,6 +598,8 @@ class Model:
     - Per link, at most one credit and one reversal, and a reversal must name the credit's user
       once the credit is there: anything else is a conflict, answered like a repeat. A receipt
       offer belongs to the user of its first event: one naming another user is a conflict too.
+    - An AdGate approval belongs to its conversion: one naming another user than the user of
+      the conversion's first approved or first rejected event is a conflict.
     - Anything else is a new event: OK, in the link worked out above.
     """
 
@@ -603,6 +610,8 @@ class Model:
         self.credits: dict[tuple[str, str], Expect] = {}
         self.reversals: dict[tuple[str, str], Expect] = {}
         self.owners: dict[tuple[str, str], str] = {}
+        # (provider, conversion) -> the users of its first approved and first rejected events
+        self.conversions: dict[tuple[str, str], dict[str, str]] = {}
 
     def submit(self, req: Req) -> tuple[str, Expect]:
         """ "replay", "repeat" or "new" for an authentic postback (one Expect, `signed` set),
@@ -629,9 +638,14 @@ class Model:
                 reversal is not None or (credit is not None and credit.user != e.user)
             ):
                 return "repeat", e  # a second reversal, or one naming another user
+        conversion = self.conversions.get((e.provider, e.conversion), {})
+        if e.conversion and any(user != e.user for user in conversion.values()):
+            return "repeat", e  # the conversion belongs to another user
         if req.offer and self.owners.setdefault((e.provider, req.offer), e.user) != e.user:
             return "repeat", e
         self.keys.add((e.provider, e.key))
+        if e.conversion and e.state in ("approved", "rejected"):
+            self.conversions.setdefault((e.provider, e.conversion), {}).setdefault(e.state, e.user)
         if e.linked:
             (self.credits if e.delta > 0 else self.reversals)[(e.provider, e.link)] = e
         return "new", e
@@ -948,18 +962,24 @@ class Grammar:
 
     def adgate_valid(self, src: Source, tag: str) -> list[Req]:
         """One receipt offer's lifecycle, in order: 1 to 4 statuses; APPROVED is final but may
-        repeat (each approval credits its points), anything after it is recorded as ignored. A
-        later status may name another user than the offer's: a conflict, nothing applied."""
+        repeat, anything after it is recorded as ignored. An approval's `state` (approved when
+        absent, pending, rejected, in any case) moves its conversion's money: the item's
+        approvals share two conversion ids (or name none). A later status may name another user
+        than the offer's: a conflict, nothing applied."""
         owner = text_id(src, f"fzv-a{tag}-")
         offer = text_id(src, f"o{tag}-")
+        conversions = [text_id(src, f"c{tag}.{i}-") for i in range(2)]
         reqs = []
         for step in range(between(src, 1, 4)):
             user = f"{owner}~{step}" if step and src.chance(10) else owner
             status = pick(src, STATUSES)
             event = text_id(src, f"e{tag}.{step}-")
             points = self._amount(src) if status == "APPROVED" or src.chance(30) else None
+            state = pick(src, ["", "", "approved", "pending", "rejected", "rejected"])
+            if state and src.chance(20):
+                state = state.upper() if src.chance(50) else state.capitalize()
             pairs = [
-                ("conversion_id", text_id(src, "c-")),
+                ("conversion_id", pick(src, conversions)),
                 ("s1", user),
                 ("shm_upload_id", f"up-{tag}"),
                 ("shm_upload_offer_id", offer),
@@ -972,12 +992,16 @@ class Grammar:
             ]
             if points is not None:
                 pairs.append(("points", points))
+            if state:
+                pairs.append(("state", state))
             pairs = [
                 p
                 for p in pairs
-                if p[0] in ("s1", "shm_upload_offer_id", "shm_status", "shm_event_id", "points")
+                if p[0]
+                in ("s1", "shm_upload_offer_id", "shm_status", "shm_event_id", "points", "state")
                 or src.chance(80)
             ]
+            sent = dict(pairs)
             headers = _allowed_forwarded(src)
             body = b""
             method = pick(src, [b"GET", b"POST", b"POST"])
@@ -988,12 +1012,18 @@ class Grammar:
                 }
                 body = json.dumps(receipt, ensure_ascii=src.chance(50)).encode()
                 headers.append((b"Content-Type", b"application/json"))
+            approval = status == "APPROVED"
+            conversion = sent.get("conversion_id")
             expect = Expect(
                 self.t.adgate,
                 f"event:{event}",
                 user,
                 Decimal(points) if points is not None else Decimal(0),
-                1 if status == "APPROVED" else 0,
+                1 if approval else 0,
+                conversion=(f"conversion:{conversion}" if conversion else f"event:{event}")
+                if approval
+                else "",
+                state=(state or "approved").lower() if approval else "",
             )
             target = f"/postbacks/{self.t.adgate}/{self.t.adgate_token}?".encode() + form(
                 _shuffled(src, pairs)
@@ -1521,7 +1551,10 @@ class Grammar:
     def _poison(self, src: Source, pairs: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """Make an otherwise authentic AdGate postback malformed, in a way the contract names."""
         required = (b"s1", b"shm_event_id", b"shm_upload_offer_id", b"shm_status")
-        how = pick(src, ["missing", "repeat", "status", "no-points", "bad-points", "long", "nul"])
+        how = pick(
+            src,
+            ["missing", "repeat", "status", "no-points", "bad-points", "bad-state", "long", "nul"],
+        )
         kept = [p for p in pairs if p[0].lower() not in (b"points", b"shm_status")]
         if how == "missing":
             gone = pick(src, required)
@@ -1538,6 +1571,13 @@ class Grammar:
                 *kept,
                 (b"shm_status", b"APPROVED"),
                 (b"points", pick(src, BAD_AMOUNTS).encode()),
+            ]
+        if how == "bad-state":  # an approval's state is approved, pending or rejected
+            return [
+                *[p for p in kept if p[0].lower() != b"state"],
+                (b"shm_status", b"APPROVED"),
+                (b"points", b"1"),
+                (b"state", pick(src, [b"paid", b"approve", b"reversed", b" pending", b"0"])),
             ]
         if how == "long":
             return [p for p in pairs if p[0].lower() != b"s1"] + [(b"s1", b"a" * 300)]
@@ -2247,17 +2287,30 @@ class Money:
     (link, as `Model` resolved it), at most one of each; the pair moves its user by
     credit - min(reversal, credit), or by nothing when the reversal takes back the whole credit
     (inBrain), and a reversal naming another user than the credit, or without a credit, moves
-    nothing. Test events move nothing; AdGate approvals credit their points, alone."""
+    nothing. Test events move nothing. An AdGate approval's conversion is credited the amount
+    of its first `approved` event, once; `pending` moves nothing; its first `rejected` takes the
+    whole credit back from the credit's user, whether it comes before or after the credit."""
 
     def __init__(self) -> None:
         self.credits: dict[tuple[str, str], Expect] = {}
         self.reversals: dict[tuple[str, str], Expect] = {}
         self.alone: list[Expect] = []
         self.users: set[str] = set()
+        # (provider, conversion) -> its first approved and first rejected event
+        self.conversions: dict[tuple[str, str], dict[str, Expect]] = {}
 
     def add(self, e: Expect) -> list[str]:
         """Count one recorded event (in position order); what is wrong with recording it."""
         self.users.add(e.user)
+        if e.conversion and not e.test:
+            name = (e.provider, e.conversion)
+            firsts = self.conversions.setdefault(name, {})
+            other = [f.key for f in firsts.values() if f.user != e.user]
+            if other:
+                return [f"conversion {name}: {e.key} names another user than {other[0]}"]
+            if e.state in ("approved", "rejected"):
+                firsts.setdefault(e.state, e)
+            return []
         if not e.linked:
             self.alone.append(e)
             return []
@@ -2278,6 +2331,12 @@ class Money:
             for e in self.alone:
                 if e.delta > 0 and not e.test:
                     credited[e.user] += e.amount
+            for firsts in self.conversions.values():
+                credit, rejection = firsts.get("approved"), firsts.get("rejected")
+                if credit is not None:
+                    credited[credit.user] += credit.amount
+                    if rejection is not None and rejection.user == credit.user:
+                        reversed_[credit.user] += credit.amount
             for link, credit in self.credits.items():
                 credited[credit.user] += credit.amount
                 reversal = self.reversals.get(link)

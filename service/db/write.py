@@ -235,8 +235,10 @@ async def _append(
     # In position order: the order the receipt state machine and the settlements must see each
     # offer's and each transaction's events in.
     new = [written[k] for k in sorted(inserted, key=inserted.__getitem__)]
-    decided = await _apply_receipts(conn, new, inserted, offers)
+    # What each event moves first (pure), so that a receipt offer counts what its events moved;
+    # the settlements themselves are written last, with the wallets.
     moved, settled = _settle(new, inserted, links)
+    decided = await _apply_receipts(conn, new, inserted, offers, moved)
     receipts: list[Receipt] = []
     fresh: set[Key] = set()
     for sub in submissions:
@@ -276,9 +278,13 @@ async def _append(
             raise _Contended(
                 f"{len(settled) - written_settlements} wall transactions changed meanwhile"
             )
-    by_item: dict[int, Result] = {id(s): r for s, r in zip(submissions, receipts, strict=True)}
-    by_item.update({id(s): r for s, r in zip(spends, answered.receipts, strict=True)})
-    return [by_item[id(item)] for item in batch], new
+    # Back in the batch's order (the same submission may come twice: judge each copy).
+    postback_results, spend_results = iter(receipts), iter(answered.receipts)
+    results: list[Result] = [
+        next(postback_results) if isinstance(item, Submission) else next(spend_results)
+        for item in batch
+    ]
+    return results, new
 
 
 class _Contended(Exception):
@@ -513,9 +519,14 @@ def _recorded(p: Postback, row: asyncpg.Record) -> Event:
 
 
 async def _apply_receipts(
-    conn: asyncpg.Connection, new: list[Postback], inserted: dict[Key, int], offers: Offers
+    conn: asyncpg.Connection,
+    new: list[Postback],
+    inserted: dict[Key, int],
+    offers: Offers,
+    moved: dict[Key, settlement.Movement],
 ) -> dict[Key, Outcome]:
-    """Fold the new receipt status events into their offers; the outcome of each."""
+    """Fold the new receipt status events (each with what it moved) into their offers; the
+    outcome of each."""
     events = [p for p in new if receipt_offers.offer_key(p) is not None]
     if not events:
         return {}
@@ -525,10 +536,11 @@ async def _apply_receipts(
     for p in events:
         offer = receipt_offers.offer_key(p)
         assert offer is not None
-        states[offer], decided[(p.provider, p.key)] = receipt_offers.apply(
-            states.get(offer, receipt_offers.ReceiptOffer()), p
+        key = (p.provider, p.key)
+        states[offer], decided[key] = receipt_offers.apply(
+            states.get(offer, receipt_offers.ReceiptOffer()), p, moved[key]
         )
-        last[offer] = inserted[(p.provider, p.key)]
+        last[offer] = inserted[key]
     changed = sorted(last)
     await conn.execute(
         UPSERT_OFFERS,

@@ -93,21 +93,24 @@ def admit(
     resolved: dict[Key, Postback] = {}
     for key, p in candidates:
         name = settlement.link(p)
+        current = settlement.Settlement()
         if name is not None:
             clicked = settlement.click(p)
             joined = _of_click(links, clicked, p, links.get(name)) if clicked else None
             if joined is not None:
                 p = resolved[key] = msgspec.structs.replace(p, data={**p.data, "link": joined})
                 name = (p.provider, joined)
-            current = links.get(name, settlement.Settlement())
+            current = links.get(name, current)
             reason = settlement.conflict(current, p)
             if reason is not None:
                 refused[key] = Refusal(Outcome.CONFLICT, reason)
                 continue
-            links[name], _ = settlement.settle(current, p)
         offer = receipt_offers.offer_key(p)
         if offer is not None and owners.setdefault(offer, p.user_id) != p.user_id:
             refused[key] = OTHER_OWNER
+            continue  # refused: its conversion counts for none of those after it
+        if name is not None:
+            links[name], _ = settlement.settle(current, p)
     return refused, resolved
 
 

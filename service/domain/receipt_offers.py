@@ -1,10 +1,12 @@
 """The receipt-offer state machine (AdGate Magic Receipts) as a pure fold.
 
 A receipt offer moves between MANUAL_REVIEW, AWARD_PENDING, APPROVED and REJECTED in any order
-until it is APPROVED, which is final: a later non-approval is recorded but ignored. Each APPROVED
-event (one offer may be approved several times) credits its own points. Events fold in log
-position order; the write path hands out an offer's positions under that offer's lock, so the
-order it applied them in is the order `verify` replays.
+until it is APPROVED, which is final: a later non-approval is recorded but ignored. What an
+APPROVED event does to the money (its conversion's `state`: credit, nothing yet, or take back)
+is decided in `settlement.py`; the offer counts what its events actually moved
+(`points_credited`, net of what they took back). Events fold in log position order; the write
+path hands out an offer's positions under that offer's lock, so the order it applied them in is
+the order `verify` replays.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import msgspec
 
 from .amounts import EXACT, ZERO
 from .events import EventType, Outcome, Recorded
+from .settlement import Movement
 
 MANUAL_REVIEW = "MANUAL_REVIEW"
 AWARD_PENDING = "AWARD_PENDING"
@@ -44,7 +47,9 @@ def approved(event: Recorded) -> bool:
     return event.type is EventType.RECEIPT_STATUS_CHANGED and event.data.get("status") == APPROVED
 
 
-def apply(offer: ReceiptOffer, event: Recorded) -> tuple[ReceiptOffer, Outcome]:
+def apply(offer: ReceiptOffer, event: Recorded, movement: Movement) -> tuple[ReceiptOffer, Outcome]:
+    """The offer after `event`, which moved its user's balance by `movement`
+    (`settlement.move`), and the event's outcome."""
     status = str(event.data["status"])
     seen = msgspec.structs.replace(
         offer,
@@ -57,10 +62,13 @@ def apply(offer: ReceiptOffer, event: Recorded) -> tuple[ReceiptOffer, Outcome]:
         return seen, Outcome.IGNORED
     if status != APPROVED:
         return msgspec.structs.replace(seen, status=status), Outcome.STATUS_CHANGED
+    net = EXACT.subtract(movement.credited, movement.reversed)
     credited = msgspec.structs.replace(
         seen,
         status=APPROVED,
-        points_credited=EXACT.add(offer.points_credited, event.amount),
+        points_credited=EXACT.add(offer.points_credited, net),
         approvals=offer.approvals + 1,
     )
-    return credited, Outcome.CREDITED if event.amount > 0 else Outcome.STATUS_CHANGED
+    if net > 0:
+        return credited, Outcome.CREDITED
+    return credited, Outcome.REVERSED if net < 0 else Outcome.STATUS_CHANGED

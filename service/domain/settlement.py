@@ -20,6 +20,15 @@ captured URL resent with another click cannot move a chargeback away from its cr
   names another user than the credit never pairs with it (it is a conflict when the credit is
   already there).
 
+A receipt offer's approval (AdGate Magic Receipts) is a *conversion*: its link is its
+`conversion_id` (`conversion:<id>`), or the event itself when it names none. Its `state`
+(`data.conversion_state`) moves the money: `approved` credits the points when the conversion has
+no credit yet, `pending` moves nothing yet, `rejected` takes back whatever the conversion
+credited, once, whether it arrives before or after the credit. An approval recorded before the
+state was read (no `conversion_state`: a legacy event) was credited on its own, and still counts
+as it did: each adds its points to the conversion's credit. Every other event of the conversion
+is recorded and moves nothing; only one naming another user than the conversion's is a conflict.
+
 Each event moves the balance by the change it makes to its link's net effect, so the sum over a
 link's events is the same in whatever order they arrive: the wallet fold stays order-free.
 """
@@ -35,6 +44,9 @@ from .amounts import EXACT, ZERO
 from .events import REQUEST_PREFIX, EventType, Recorded
 
 WHOLE = "reverses_whole_credit"  # data flag of a reversal that takes back the whole credit
+STATE = "conversion_state"  # data of a receipt approval: what its `state` does to the money
+APPROVED, PENDING, REJECTED = "approved", "pending", "rejected"
+STATES = (APPROVED, PENDING, REJECTED)
 
 
 class Settlement(msgspec.Struct, frozen=True):
@@ -63,19 +75,30 @@ Links = MutableMapping[tuple[str, str], Settlement]
 
 
 def link(event: Recorded) -> tuple[str, str] | None:
-    """(provider, wall transaction) of a credit or reversal; None for events that pair with
-    nothing (receipt statuses, test events, an internal service's credits and spending)."""
-    if event.test or event.type not in (EventType.CREDITED, EventType.REVERSED):
+    """(provider, wall transaction) of a credit or reversal, (provider, conversion) of a receipt
+    approval; None for events that pair with nothing (other receipt statuses, test events, an
+    internal service's credits and spending)."""
+    if event.test:
+        return None
+    if _conversion(event):
+        conversion = event.data.get("conversion_id")
+        return event.provider, f"conversion:{conversion}" if conversion else event.key
+    if event.type not in (EventType.CREDITED, EventType.REVERSED):
         return None
     if event.key.startswith(REQUEST_PREFIX):
         return None
     return event.provider, str(event.data.get("link") or event.provider_ref)
 
 
+def _conversion(event: Recorded) -> bool:
+    """A receipt offer's approval: a conversion's event."""
+    return event.type is EventType.RECEIPT_STATUS_CHANGED and event.data.get("status") == "APPROVED"
+
+
 def click(event: Recorded) -> tuple[str, str] | None:
     """(provider, click id) of a credit or reversal that names its click; None otherwise."""
     value = event.data.get("uuid")
-    if not value or link(event) is None:
+    if not value or _conversion(event) or link(event) is None:
         return None
     return event.provider, str(value)
 
@@ -112,6 +135,8 @@ def _paired(s: Settlement) -> Movement:
 def conflict(s: Settlement, event: Recorded) -> str | None:
     """Why `event` cannot be recorded against its link, or None. A retry of the event the link
     already holds is not a conflict here: the event's own idempotency key judges it."""
+    if _conversion(event):
+        return _conversion_conflict(s, event)
     if event.type is EventType.CREDITED:
         if s.credit_key is not None and s.credit_key != event.key:
             return "this transaction was already credited by another postback"
@@ -126,7 +151,9 @@ def conflict(s: Settlement, event: Recorded) -> str | None:
 def settle(s: Settlement, event: Recorded) -> tuple[Settlement, Movement]:
     """The link after `event` (checked with `conflict` first) and what `event` moves."""
     named = click(event)
-    if event.type is EventType.CREDITED:
+    if _conversion(event):
+        after = _convert(s, event)
+    elif event.type is EventType.CREDITED:
         # The transaction's click is its credit's: a reversal that named one does not count.
         after = msgspec.structs.replace(
             s,
@@ -153,24 +180,59 @@ def settle(s: Settlement, event: Recorded) -> tuple[Settlement, Movement]:
     )
 
 
+def _conversion_conflict(s: Settlement, event: Recorded) -> str | None:
+    """A conversion's events all name its user; nothing else about them is a conflict (a second
+    approval or rejection is recorded and moves nothing). A legacy approval is history: it
+    counts as it was credited."""
+    if STATE not in event.data:
+        return None
+    users = {
+        u for key, u in ((s.credit_key, s.credit_user), (s.reversal_key, s.reversal_user)) if key
+    }
+    if users - {event.user_id}:
+        return "the conversion belongs to another user"
+    return None
+
+
+def _convert(s: Settlement, event: Recorded) -> Settlement:
+    """The conversion after one of its approval events."""
+    state = event.data.get(STATE)
+    if state is None:  # legacy: each approval credited its points
+        return msgspec.structs.replace(
+            s,
+            credit_key=s.credit_key or event.key,
+            credit_user=s.credit_user if s.credit_key is not None else event.user_id,
+            credited=EXACT.add(s.credited, event.amount),
+        )
+    if state == APPROVED and s.credit_key is None:
+        return msgspec.structs.replace(
+            s, credit_key=event.key, credit_user=event.user_id, credited=event.amount
+        )
+    if state == REJECTED and s.reversal_key is None:
+        return msgspec.structs.replace(
+            s,
+            reversal_key=event.key,
+            reversal_user=event.user_id,
+            reversed=event.amount,
+            reversal_whole=True,
+        )
+    return s
+
+
 _SPENT = frozenset({EventType.DEBITED, EventType.HOLD_CAPTURED})
 
 
 def unlinked(event: Recorded) -> Movement:
     """What an event that pairs with nothing moves: an internal service's credit credits, a debit
     and a hold's capture debit (placing and releasing a hold move only what is available, see
-    domain/holds.py); a receipt offer's approval credits its points, whatever the offer's state
-    (so the fold stays order-free); the rest move nothing."""
+    domain/holds.py); the rest (receipt statuses other than an approval, test events) move
+    nothing."""
     if event.test:
         return NONE
     if event.type is EventType.CREDITED:
         return Movement(credited=event.amount)
     if event.type in _SPENT:
         return Movement(debited=event.amount)
-    if event.type is not EventType.RECEIPT_STATUS_CHANGED:
-        return NONE
-    if event.data.get("status") == "APPROVED":
-        return Movement(credited=event.amount)
     return NONE
 
 

@@ -3,7 +3,9 @@
 The URL macros arrive as query parameters; the POST body (receipt image URLs, JSON) is kept with
 the event. There is no signature: the `url_token` path segment and `allowed_ips` authenticate
 (checked before this module is called). Each status update has its own `shm_event_id`, the
-idempotency key; the receipt-offer state machine is in `domain/receipt_offers.py`.
+idempotency key; the receipt-offer state machine is in `domain/receipt_offers.py`. An APPROVED
+event's `state` (approved when absent, pending or rejected) says what it does to the money, kept
+as `data.conversion_state` (`domain/settlement.py`); other statuses keep `state` as it came.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from ..domain.amounts import AmountError, parse_amount
 from ..domain.events import EventType, Outcome, Postback
 from ..domain.receipt_offers import APPROVED, STATUSES
+from ..domain.settlement import STATE, STATES
 from ..settings import Provider
 from .base import (
     Answer,
@@ -49,8 +52,12 @@ def normalise(provider: Provider, inbound: Inbound) -> Postback:
     status = found["shm_status"].upper()
     if status not in STATUSES:
         raise Invalid(f"shm_status must be one of {', '.join(STATUSES)}")
+    state = None
     if status == APPROVED:
         require(found, ("points",))
+        state = (found.get("state") or "approved").lower()
+        if state not in STATES:
+            raise Invalid(f"state must be one of {', '.join(STATES)}")
     try:
         points = parse_amount(found.get("points") or "0")
     except AmountError as exc:
@@ -63,6 +70,8 @@ def normalise(provider: Provider, inbound: Inbound) -> Postback:
         "offer_id": bounded(found, "shm_offer_id") if found.get("shm_offer_id") else "",
     }
     data.update({name: bounded(found, name, 2000) for name in _EXTRA if found.get(name)})
+    if state is not None:
+        data[STATE] = state
     data.update(_receipt(inbound.body))
     return Postback(
         provider=provider.name,

@@ -21,9 +21,12 @@ from prometheus_client import REGISTRY
 
 from ops.chaos.dbproxy import DatabaseProxy
 from service.app import create_app
-from service.domain import receipt_offers
+from service.db import write
+from service.db.connection import apply_schema
+from service.domain import receipt_offers, settlement
 from service.domain.events import EventType, Postback
 from service.domain.receipt_offers import APPROVED, AWARD_PENDING, MANUAL_REVIEW, REJECTED
+from service.providers import adgate_receipts
 from service.settings import Settings
 from service.verify import Report
 from tests import helpers
@@ -372,6 +375,232 @@ async def test_event_id_reused_with_other_values_is_a_conflict(
     assert await balance(client, user) == "7"
     state = await offer_state(client, offer)
     assert (state["status"], state["points_credited"], state["event_count"]) == (APPROVED, "7", 1)
+
+
+# --- the state of an approval: what it does to the money, per conversion ------------------------
+
+
+async def offer_points(client: Client, offer: str) -> tuple[str, str]:
+    state = await offer_state(client, offer)
+    return state["status"], state["points_credited"]
+
+
+async def test_approved_then_rejected_takes_the_points_back(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    user, offer, conv = unique(), unique("uo"), unique("conv")
+    approved = params(user, offer, unique("ev"), APPROVED, "10.50", conversion_id=conv)
+    assert await send(client, approved) == OK
+    assert await balance(client, user) == "10.50"
+    rejected = {**approved, "shm_event_id": unique("ev"), "state": "rejected"}
+    assert await send(client, rejected) == OK
+    assert await balance(client, user) == "0.00"
+    assert await offer_points(client, offer) == (APPROVED, "0.00")
+    assert await log_outcomes(pool, offer) == ["credited", "reversed"]
+    # A second rejection, and an approval after it, move nothing more.
+    assert await send(client, {**rejected, "shm_event_id": unique("ev")}) == OK
+    assert await send(client, {**approved, "shm_event_id": unique("ev")}) == OK
+    assert await balance(client, user) == "0.00"
+    state = await offer_state(client, offer)
+    assert (state["status"], state["points_credited"], state["approvals"]) == (
+        APPROVED,
+        "0.00",
+        4,
+    )
+    assert [e["data"]["conversion_state"] for e in state["events"]] == [
+        "approved",
+        "rejected",
+        "rejected",
+        "approved",
+    ]
+    resp = await client.get(f"/v1/wallets/{user}", headers=AUTH)
+    wallet = await resp.json()
+    assert (wallet["total_credited"], wallet["total_reversed"]) == ("10.50", "10.50")
+    report = await run_verify(pool)
+    assert report.ok, report.differences
+
+
+async def test_pending_then_approved_credits_once(client: Client, pool: asyncpg.Pool) -> None:
+    user, offer, conv = unique(), unique("uo"), unique("conv")
+    pending = params(user, offer, unique("ev"), APPROVED, "4", conversion_id=conv, state="PENDING")
+    assert await send(client, pending) == OK
+    assert await balance(client, user) == "0"
+    assert await offer_points(client, offer) == (APPROVED, "0")
+    assert await send(client, {**pending, "shm_event_id": unique("ev"), "state": "approved"}) == OK
+    assert await send(client, {**pending, "shm_event_id": unique("ev"), "state": "approved"}) == OK
+    assert await balance(client, user) == "4"
+    assert await offer_points(client, offer) == (APPROVED, "4")
+    assert await log_outcomes(pool, offer) == ["status_changed", "credited", "status_changed"]
+    assert (await run_verify(pool)).ok
+
+
+async def test_rejected_before_approved_nets_zero(client: Client, pool: asyncpg.Pool) -> None:
+    user, offer, conv = unique(), unique("uo"), unique("conv")
+    rejected = params(
+        user, offer, unique("ev"), APPROVED, "6", conversion_id=conv, state="rejected"
+    )
+    assert await send(client, rejected) == OK
+    assert await send(client, {**rejected, "shm_event_id": unique("ev"), "state": "approved"}) == OK
+    assert await balance(client, user) == "0"
+    assert await offer_points(client, offer) == (APPROVED, "0")
+    assert await log_outcomes(pool, offer) == ["status_changed", "status_changed"]
+    assert (await run_verify(pool)).ok
+
+
+async def test_two_approvals_of_one_conversion_credit_once(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    user, offer, conv = unique(), unique("uo"), unique("conv")
+    for _ in range(2):
+        query = params(user, offer, unique("ev"), APPROVED, "3", conversion_id=conv)
+        assert await send(client, query) == OK
+    assert await balance(client, user) == "3"
+    state = await offer_state(client, offer)
+    assert (state["points_credited"], state["approvals"]) == ("3", 2)
+    assert await log_outcomes(pool, offer) == ["credited", "status_changed"]
+
+
+async def test_one_conversion_across_offers_is_credited_once(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    user, conv = unique(), unique("conv")
+    first, second = unique("uo"), unique("uo")
+    for offer in (first, second):
+        query = params(user, offer, unique("ev"), APPROVED, "2", conversion_id=conv)
+        assert await send(client, query) == OK
+    assert await balance(client, user) == "2"
+    assert (await offer_points(client, first), await offer_points(client, second)) == (
+        (APPROVED, "2"),
+        (APPROVED, "0"),
+    )
+    assert (await run_verify(pool)).ok
+
+
+async def test_an_approval_without_conversion_id_is_a_conversion_of_its_own(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    user, offer = unique(), unique("uo")
+    for state in ("approved", "approved", "rejected"):
+        query = params(user, offer, unique("ev"), APPROVED, "5", state=state)
+        del query["conversion_id"]
+        assert await send(client, query) == OK
+    # Each is its own conversion: the rejection has nothing of its own to take back.
+    assert await balance(client, user) == "10"
+    assert await offer_points(client, offer) == (APPROVED, "10")
+    assert await log_outcomes(pool, offer) == ["credited", "credited", "status_changed"]
+    assert (await run_verify(pool)).ok
+
+
+@pytest.mark.parametrize("state", ["paid", "reversed", "approved2"])
+async def test_unknown_state_is_400_and_records_nothing(
+    client: Client, pool: asyncpg.Pool, state: str
+) -> None:
+    user, offer, event = unique(), unique("uo"), unique("ev")
+    status, body = await send(client, params(user, offer, event, APPROVED, "5", state=state))
+    assert status == 400
+    assert "state" in body and "approved, pending, rejected" in body
+    assert await events_of(pool, event) == 0
+    assert await balance(client, user) is None
+    assert await log_outcomes(pool, offer) == ["invalid"]
+
+
+async def test_state_of_another_status_is_kept_and_ignored(client: Client) -> None:
+    user, offer = unique(), unique("uo")
+    assert await send(client, params(user, offer, unique("ev"), MANUAL_REVIEW, state="odd")) == OK
+    assert await send(client, params(user, offer, unique("ev"), APPROVED, "1")) == OK
+    events = (await offer_state(client, offer))["events"]
+    assert events[0]["data"]["state"] == "odd" and "conversion_state" not in events[0]["data"]
+    assert await balance(client, user) == "1"
+
+
+async def test_a_conversion_of_another_user_is_a_conflict(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    user, other, conv = unique(), unique(), unique("conv")
+    assert (
+        await send(
+            client, params(user, unique("uo"), unique("ev"), APPROVED, "8", conversion_id=conv)
+        )
+        == OK
+    )
+    offer, event = unique("uo"), unique("ev")
+    query = params(other, offer, event, APPROVED, "8", conversion_id=conv, state="rejected")
+    assert await send(client, query) == OK
+    log = await last_log(pool)
+    assert (log["outcome"], log["detail"]) == ("conflict", "the conversion belongs to another user")
+    assert await events_of(pool, event) == 0
+    assert (await balance(client, user), await balance(client, other)) == ("8", None)
+
+
+def legacy_submission(
+    user: str, offer: str, event: str, points: str, conv: str | None
+) -> write.Submission:
+    """An APPROVED event as the code before the `state` rule wrote it: no conversion_state."""
+    data: Json = {"upload_offer_id": offer, "status": APPROVED, "upload_id": "", "offer_id": ""}
+    if conv is not None:
+        data["conversion_id"] = conv
+    postback = Postback(
+        provider=NAME,
+        key=f"event:{event}",
+        type=EventType.RECEIPT_STATUS_CHANGED,
+        user_id=user,
+        amount=Decimal(points),
+        provider_ref=event,
+        data=data,
+    )
+    log = write.LogEntry(
+        request_id=unique("r"), provider=NAME, method="GET", client_ip=None, params={}
+    )
+    return write.Submission(log, adgate_receipts.answer, postback=postback)
+
+
+async def test_a_legacy_log_keeps_its_credits_and_a_later_rejection_takes_them_back(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    user, offer, conv, lone = unique(), unique("uo"), unique("conv"), unique("ev")
+    legacy = [
+        legacy_submission(user, offer, unique("ev"), "10", conv),
+        legacy_submission(user, offer, unique("ev"), "5", conv),
+        legacy_submission(user, offer, lone, "2", None),
+    ]
+    for submission in legacy:
+        (receipt,) = await write.append(pool, [submission])
+        assert receipt.outcome == "credited"
+    assert await balance(client, user) == "17"
+    # The database as the code before the rule left it: no settlement of any receipt event.
+    links = [f"conversion:{conv}", f"event:{lone}"]
+    await pool.execute(
+        "DELETE FROM settlements WHERE provider = $1 AND link = ANY($2::text[])", NAME, links
+    )
+    await pool.execute("DELETE FROM schema_upgrades WHERE name = 'receipt_conversions'")
+    assert not (await run_verify(pool)).ok
+    async with pool.acquire() as conn:
+        await apply_schema(conn)
+    rows = await pool.fetch(
+        "SELECT link, credit_user, credited FROM settlements WHERE provider = $1"
+        " AND link = ANY($2::text[]) ORDER BY link",
+        NAME,
+        links,
+    )
+    assert [(r["link"], r["credit_user"], r["credited"]) for r in rows] == [
+        (f"conversion:{conv}", user, Decimal(15)),
+        (f"event:{lone}", user, Decimal(2)),
+    ]
+    report = await run_verify(pool)
+    assert report.ok, report.differences
+    # Applied once: the schema again leaves the conversions as they are.
+    async with pool.acquire() as conn:
+        await apply_schema(conn)
+    assert (await run_verify(pool)).ok
+
+    query = params(user, offer, unique("ev"), APPROVED, "10", conversion_id=conv, state="rejected")
+    assert await send(client, query) == OK
+    assert await balance(client, user) == "2"
+    assert await offer_points(client, offer) == (APPROVED, "2")
+    assert await send(client, {**query, "shm_event_id": unique("ev"), "state": "approved"}) == OK
+    assert await balance(client, user) == "2"
+    report = await run_verify(pool)
+    assert report.ok, report.differences
 
 
 # --- refusals -----------------------------------------------------------------------------------
@@ -789,8 +1018,11 @@ async def test_concurrent_events_of_one_offer_end_in_a_consistent_state(
     assert sorted(e["provider_ref"] for e in events) == sorted(q["shm_event_id"] for q in queries)
     # The projection is the replay of its own history: consistent with the order it records.
     replayed, outcomes = receipt_offers.ReceiptOffer(), []
+    links: settlement.Links = {}
     for event in events:
-        replayed, outcome = receipt_offers.apply(replayed, as_postback(event))
+        postback = as_postback(event)
+        movement = settlement.move(links, postback)
+        replayed, outcome = receipt_offers.apply(replayed, postback, movement)
         outcomes.append(outcome)
     assert (state["status"], Decimal(state["points_credited"]), state["event_count"]) == (
         replayed.status,

@@ -104,10 +104,14 @@ async def test_schema_applies_on_an_empty_database(pool: asyncpg.Pool) -> None:
                 "idempotency_keys",
                 "postback_log",
                 "receipt_offers",
+                "schema_upgrades",
                 "settlements",
                 "signatures",
                 "wallets",
             ]
+            # Nothing to upgrade in a fresh database: each upgrade is only recorded as done.
+            upgrades = await conn.fetch("SELECT name FROM scratch.schema_upgrades")
+            assert [r[0] for r in upgrades] == ["receipt_conversions"]
         finally:
             await tx.rollback()
 
@@ -214,15 +218,25 @@ async def test_amount_columns_are_numeric(pool: asyncpg.Pool) -> None:
     rows = await pool.fetch(
         "SELECT table_name, column_name, data_type FROM information_schema.columns"
         " WHERE table_schema = 'public' AND column_name IN"
-        " ('amount', 'balance', 'total_credited', 'total_reversed')"
+        " ('amount', 'balance', 'total_credited', 'total_reversed', 'total_debited',"
+        " 'captured', 'released')"
         " ORDER BY 1, 2"
     )
     assert [(r[0], r[1], r[2]) for r in rows] == [
         ("events", "amount", "numeric"),
+        ("holds", "amount", "numeric"),
+        ("holds", "captured", "numeric"),
+        ("holds", "released", "numeric"),
         ("wallets", "balance", "numeric"),
         ("wallets", "total_credited", "numeric"),
+        ("wallets", "total_debited", "numeric"),
         ("wallets", "total_reversed", "numeric"),
     ]
+    floats = await pool.fetch(
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = 'public' AND data_type IN ('real', 'double precision')"
+    )
+    assert floats == []
 
 
 @pytest.mark.parametrize(

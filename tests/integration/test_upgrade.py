@@ -144,3 +144,38 @@ async def test_service_carries_on_after_the_upgrade(
     report = await verify_as_owner(upgraded_database_url)
     assert report.ok, report.differences
     assert report.events == want["events"] + 1
+
+
+async def test_legacy_adgate_conversions_keep_their_history_and_can_be_reversed(
+    upgraded_client: Client, upgraded_database_url: str
+) -> None:
+    """The previous release credited conv-1 twice (its second approval said state=rejected),
+    conv-2 once and an approval without conversion_id once: 150 in all. That history stays; a
+    `rejected` arriving now reverses what each conversion was credited, once."""
+    user = previous.ADGATE_USER
+    token = previous.ADGATE_TOKEN
+    assert await balance(upgraded_client, user) == Decimal("150")
+
+    async def send(event: str, offer: str, extra: dict[str, str]) -> None:
+        query = previous.adgate_query(user, offer, event, "APPROVED", "50", extra)
+        resp = await upgraded_client.post(f"/postbacks/adgate/{token}", params=query)
+        assert resp.status == 200, await resp.text()
+
+    await send("ag-after-1", "uo-1", {"conversion_id": "conv-1", "state": "rejected"})
+    assert await balance(upgraded_client, user) == Decimal("50")  # conv-1's 100 taken back
+    await send("ag-after-2", "uo-1", {"conversion_id": "conv-1", "state": "rejected"})
+    await send("ag-after-3", "uo-1", {"conversion_id": "conv-1", "state": "approved"})
+    assert await balance(upgraded_client, user) == Decimal("50")  # reversed once, credited once
+    await send("ag-after-4", "uo-2", {"conversion_id": "conv-2", "state": "rejected"})
+    assert await balance(upgraded_client, user) == Decimal("20")
+
+    # Spending works on an upgraded wallet, and verify agrees with all of it.
+    resp = await upgraded_client.post(
+        f"/v1/wallets/{user}/debits",
+        data=b'{"amount": "20"}',
+        headers={**helpers.SPEND_AUTH, "Idempotency-Key": "after-upgrade-1"},
+    )
+    assert resp.status == 201, await resp.text()
+    assert await balance(upgraded_client, user) == Decimal("0")
+    report = await verify_as_owner(upgraded_database_url)
+    assert report.ok, report.differences

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.domain import wallet
+from service.domain import settlement, wallet
 from service.domain.events import EventType, Outcome, Postback
 from service.domain.receipt_offers import (
     APPROVED,
@@ -66,8 +66,9 @@ def replay(
 ) -> tuple[ReceiptOffer, list[Outcome]]:
     state = start or ReceiptOffer()
     outcomes: list[Outcome] = []
+    links: settlement.Links = {}
     for event in events:
-        state, outcome = apply(state, event)
+        state, outcome = apply(state, event, settlement.move(links, event))
         outcomes.append(outcome)
     return state, outcomes
 
@@ -114,7 +115,7 @@ def test_full_lifecycle() -> None:
     states = []
     state = ReceiptOffer()
     for event in events:
-        state, _ = apply(state, event)
+        state, _ = apply(state, event, wallet.alone(event))
         states.append(state.status)
     assert states == [MANUAL_REVIEW, AWARD_PENDING, APPROVED, APPROVED]
     final, outcomes = replay(events)
@@ -186,7 +187,8 @@ def test_any_status_may_follow_one_that_is_not_approved(before: str, after: str)
 def test_a_later_status_is_ignored_after_approved(late: str) -> None:
     approved_offer, _ = replay([status_event(APPROVED, "7.25", event_id="e1")])
     # Points on an ignored event change nothing either.
-    after, outcome = apply(approved_offer, status_event(late, "99", event_id="e2"))
+    late_event = status_event(late, "99", event_id="e2")
+    after, outcome = apply(approved_offer, late_event, wallet.alone(late_event))
     assert outcome is Outcome.IGNORED
     assert after == msgspec.structs.replace(approved_offer, event_count=2)
 
@@ -401,6 +403,7 @@ def test_every_macro_is_kept() -> None:
             "state": "approved",
             "session_ip": "198.51.100.4",
             "country": "US",
+            "conversion_state": "approved",
         },
     )
     assert offer_key(postback) == ("adgate-app", "555")
@@ -440,6 +443,42 @@ def test_parameter_names_are_case_insensitive() -> None:
         "event:777",
         APPROVED,
     )
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        (None, "approved"),
+        ("", "approved"),
+        ("approved", "approved"),
+        ("Pending", "pending"),
+        ("pending", "pending"),
+        ("REJECTED", "rejected"),
+        ("rejected", "rejected"),
+    ],
+)
+def test_the_state_of_an_approval_is_kept_in_lowercase(sent: str | None, kept: str) -> None:
+    extra = {} if sent is None else {"state": sent}
+    data = normalise(query(APPROVED, "1", **extra)).data
+    assert data["conversion_state"] == kept
+    assert data.get("state") == (sent or None)
+
+
+@pytest.mark.parametrize("state", ["paid", "approve", " pending", "rejected ", "1", "null"])
+def test_unknown_state_of_an_approval_is_invalid_naming_the_states(state: str) -> None:
+    detail = invalid(query(APPROVED, "1", state=state))
+    assert "state" in detail
+    assert all(name in detail for name in ("approved", "pending", "rejected"))
+
+
+@pytest.mark.parametrize("status", NOT_APPROVED)
+@pytest.mark.parametrize("state", ["rejected", "anything"])
+def test_other_statuses_keep_state_as_it_came_and_read_nothing_from_it(
+    status: str, state: str
+) -> None:
+    data = normalise(query(status, None, state=state)).data
+    assert data["state"] == state
+    assert "conversion_state" not in data
 
 
 @pytest.mark.parametrize("status", ["PAID", "APPROVE", " APPROVED", "APPROVED ", "1", "null"])

@@ -285,3 +285,67 @@ def test_a_credit_joins_a_lone_reversal_of_its_click() -> None:
     assert linked_by_click(late, Settlement(reversal_key="r"), ("t2", pending)) is None
     joined = credit("8", "t1", uuid="click", link="t2")
     assert fold([reversal("5", "t2", uuid="click"), joined]).balance == 3
+
+
+# --- AdGate conversions --------------------------------------------------------------------------
+
+
+def receipt_approval(
+    state: str | None, points: Decimal, event_id: str, conversion: str | None
+) -> Postback:
+    """An APPROVED receipt event; `state` None: a legacy one (no conversion_state)."""
+    data: dict[str, str] = {"upload_offer_id": "uo", "status": "APPROVED"}
+    if conversion is not None:
+        data["conversion_id"] = conversion
+    if state is not None:
+        data["conversion_state"] = state
+    return Postback(
+        provider="adgate",
+        key=f"event:{event_id}",
+        type=EventType.RECEIPT_STATUS_CHANGED,
+        user_id="u1",
+        amount=points,
+        provider_ref=event_id,
+        data=data,
+    )
+
+
+@st.composite
+def conversions(draw: st.DrawFn) -> tuple[list[Postback], list[Postback], Decimal, Decimal]:
+    """One user's conversions: legacy approvals (first in the log, as they were written before
+    the rule), then the approvals under the rule; and the (credited, reversed) the rule gives."""
+    legacy: list[Postback] = []
+    new: list[Postback] = []
+    credited = taken = Decimal(0)
+    for c in range(draw(st.integers(0, 4))):
+        conversion = None if draw(st.integers(0, 4)) == 0 else f"c{c}"
+        points = Decimal(draw(amounts()))
+        olds = 0 if conversion is None else draw(st.integers(0, 2))
+        states = draw(st.lists(st.sampled_from(["approved", "pending", "rejected"]), max_size=4))
+        if conversion is None:  # a conversion of its own: one event
+            states = states[:1] if olds == 0 else []
+        old_points = [Decimal(draw(amounts())) for _ in range(olds)]
+        legacy += [
+            receipt_approval(None, p, f"{c}.l{i}", conversion) for i, p in enumerate(old_points)
+        ]
+        new += [receipt_approval(s, points, f"{c}.n{i}", conversion) for i, s in enumerate(states)]
+        with localcontext(prec=1000):
+            given_ = sum(old_points, Decimal(0)) if olds else points
+            if olds or "approved" in states:
+                credited += given_
+                if "rejected" in states:
+                    taken += given_
+    return legacy, new, credited, taken
+
+
+@given(conversions().flatmap(lambda c: st.tuples(st.just(c), st.permutations(c[1]))))
+def test_any_order_of_a_conversions_events_credits_it_once_and_takes_it_back_once(
+    drawn: tuple[tuple[list[Postback], list[Postback], Decimal, Decimal], list[Postback]],
+) -> None:
+    (legacy, new, credited, taken), shuffled = drawn
+    wallet = fold(legacy + new)
+    assert (wallet.total_credited, wallet.total_reversed) == (credited, taken)
+    with localcontext(prec=1000):
+        assert wallet.balance == credited - taken
+    assert wallet.balance >= 0
+    assert fold(legacy + shuffled) == wallet
