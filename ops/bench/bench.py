@@ -1,8 +1,9 @@
 """The postback ledger's benchmark: one run prints, side by side, the service's ingest
-rate against pgbench running the write path's SQL, latency at 50 % and 80 % of the peak rate,
-wallet reads against a bare aiohttp handler, ingest with a large event log against an empty one
-(--large-log), and verify's speed. Every scenario but the two preloaded logs gets a database of
-its own. `--runs N` repeats the whole table; targets are judged on the medians.
+rate against pgbench running the write path's SQL, its debits against pgbench running a
+debit's SQL, latency at 50 % and 80 % of the peak rate, wallet reads against a bare aiohttp
+handler, ingest with a large event log against an empty one (--large-log), and verify's speed.
+Every scenario but the two preloaded logs gets a database of its own. `--runs N` repeats the
+whole table; targets are judged on the medians.
 
     make bench BENCH_ARGS="--runs 3 --large-log"
     python ops/bench/bench.py --quick          # a smoke test, a few seconds per step
@@ -42,7 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--large-log", action="store_true", help="also measure ingest on a big log")
     p.add_argument("--large-log-events", type=int, help="events in it (default 10,000,000)")
     p.add_argument("--events-for-verify", type=int, help="events verify reads (default 300,000)")
-    p.add_argument("--users", type=int, default=100_000, help="distinct users (default 100,000)")
+    p.add_argument(
+        "--users",
+        type=int,
+        help="distinct users, each funded for the debits (default 100,000; --quick 10,000)",
+    )
     p.add_argument("--pool-size", type=int, help="database.pool_max_size (default: the service's)")
     p.add_argument(
         "--client",
@@ -57,8 +62,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="tiny durations and counts (smoke test)")
     args = p.parse_args(argv)
-    quick = {"duration": 1.0, "warmup": 0.3, "runs": 1, "large_log_events": 20_000}
-    full = {"duration": 10.0, "warmup": 2.0, "runs": 3, "large_log_events": 10_000_000}
+    quick = {"duration": 1.0, "warmup": 0.3, "runs": 1, "large_log_events": 20_000, "users": 10_000}
+    full = {
+        "duration": 10.0,
+        "warmup": 2.0,
+        "runs": 3,
+        "large_log_events": 10_000_000,
+        "users": 100_000,
+    }
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -146,7 +157,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 runs.append(figures)
                 notes.append(run_notes)
         finally:
-            for dsn in (bench.large_db, bench.verify_db):
+            for dsn in (bench.large_db, bench.verify_db, bench.funded_db):
                 if dsn:
                     await server.drop(dsn)
     finally:
@@ -165,12 +176,13 @@ async def main_async(args: argparse.Namespace) -> int:
     minutes, seconds = divmod(round(time.monotonic() - started), 60)
     print(f"\ntotal time: {minutes} min {seconds} s; service logs in {logs}")
     if errors:
-        print(f"ERRORS: {errors} non-200 answers or failed steps (see the notes above)")
+        print(f"ERRORS: {errors} non-2xx answers or failed steps (see the notes above)")
     return 1 if errors else 0
 
 
 async def prepare(bench: Bench) -> list[str]:
-    """The logs loaded once for every run: verify's, and with --large-log the large one."""
+    """What is loaded once for every run: verify's log, the funded wallets the debits take
+    from, and with --large-log the large log."""
     a, lines = bench.args, []
     say(f"loading {a.events_for_verify:,} events for verify (through the chain trigger)")
     bench.verify_db = await bench.server.create("verify")
@@ -180,6 +192,12 @@ async def prepare(bench: Bench) -> list[str]:
     lines.append(
         f"verify log: {a.events_for_verify:,} events loaded with INSERT ... SELECT through the"
         f" hash-chain trigger in {seconds:.1f} s; verify timed in-process (service.verify)"
+    )
+    say(f"funding {a.users:,} users for the debits (internal credits, through the chain trigger)")
+    seconds = await bench.fund()
+    lines.append(
+        f"debits: {a.users:,} users funded with one internal credit each (SQL, through the"
+        f" hash-chain trigger) in {seconds:.1f} s, copied for each debit scenario"
     )
     if a.large_log:
         say(f"loading {a.large_log_events:,} events for the large log (chain trigger off)")

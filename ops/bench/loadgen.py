@@ -1,10 +1,10 @@
 """The load generator: keep-alive HTTP/1.1 connections driven by asyncio, closed or open loop.
 
 Closed loop (`closed_loop`): every connection sends its next request as soon as the previous
-answer arrives; the figure is the count of 200 answers per second. Open loop (`open_loop`):
-request i is due at start + i / rate whatever happened before, and its latency counts from that
-due time, so a slow answer that delays the requests behind it shows up in their latency too (no
-coordinated omission).
+answer arrives; the figure is the count of 2xx answers (200, or 201 for a debit) per second.
+Open loop (`open_loop`): request i is due at start + i / rate whatever happened before, and its
+latency counts from that due time, so a slow answer that delays the requests behind it shows up
+in their latency too (no coordinated omission).
 
 Two clients with one interface. `raw` (the default) writes pre-encoded requests on asyncio
 transports and reads just the status line and the body length: on a 2-core machine the load
@@ -30,12 +30,34 @@ import aiohttp
 class Request:
     path: str  # path and query string
     wire: bytes  # the whole request, as the raw client writes it
+    method: str = "GET"
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()  # of this request alone (the aiohttp client's)
 
 
-def request(host: str, port: int, path: str, headers: dict[str, str] | None = None) -> Request:
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    return Request(path, ("\r\n".join(lines) + "\r\n\r\n").encode())
+def request(
+    host: str,
+    port: int,
+    path: str,
+    headers: dict[str, str] | None = None,
+    *,
+    method: str = "GET",
+    body: bytes = b"",
+    own: dict[str, str] | None = None,
+) -> Request:
+    """A request; `headers` are shared by every request (the aiohttp client sends them from its
+    session), `own` are this request's alone (an Idempotency-Key)."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}"]
+    lines += [f"{k}: {v}" for k, v in {**(headers or {}), **(own or {})}.items()]
+    if body or method != "GET":
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    wire = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    return Request(path, wire, method, body, tuple((own or {}).items()))
+
+
+def succeeded(status: str) -> bool:
+    """A 2xx answer (the status as `_fetch` gives it: a number, or an exception's name)."""
+    return len(status) == 3 and status.startswith("2") and status.isdigit()
 
 
 class Connection(Protocol):
@@ -50,7 +72,7 @@ class Result:
     ok: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)  # seconds, open loop only
-    ok_items: list[int] = field(default_factory=list)  # indices answered 200 (warm-up too)
+    ok_items: list[int] = field(default_factory=list)  # indices answered 2xx (warm-up too)
     exhausted: bool = False  # ran out of pre-generated requests
     window: tuple[float, float] = (0.0, 0.0)  # wall-clock (time.time()) start and end
     served_ms: list[float] = field(default_factory=list)  # the server's own timings, if known
@@ -63,10 +85,10 @@ class Result:
 
     @property
     def errors(self) -> int:
-        return sum(n for status, n in self.statuses.items() if status != "200")
+        return sum(n for status, n in self.statuses.items() if not succeeded(status))
 
     def error_text(self) -> str:
-        return ", ".join(f"{n} x {s}" for s, n in sorted(self.statuses.items()) if s != "200")
+        return ", ".join(f"{n} x {s}" for s, n in sorted(self.statuses.items()) if not succeeded(s))
 
     def percentile(self, share: float) -> float:
         """Nearest-rank percentile of the latencies, in milliseconds."""
@@ -183,8 +205,15 @@ class AiohttpConnection:
         self.session, self.base = session, base
 
     async def fetch(self, req: Request) -> int:
-        # Request.wire holds the headers too; here they come from the session.
-        async with self.session.get(self.base + req.path) as resp:
+        # Request.wire holds the headers too; here the shared ones come from the session.
+        async with self.session.request(
+            req.method,
+            self.base + req.path,
+            data=req.body if req.method != "GET" else None,
+            headers={"Content-Type": "application/json", **dict(req.headers)}
+            if req.method != "GET"
+            else None,
+        ) as resp:
             await resp.read()
             return resp.status
 
@@ -249,11 +278,11 @@ async def closed_loop(
                 return
             status = await _fetch(conn, items[i])
             done = time.perf_counter()
-            if status == "200":
+            if succeeded(status):
                 result.ok_items.append(i)
             if start <= done < end:
                 result.statuses[status] += 1
-                if status == "200":
+                if succeeded(status):
                     result.ok += 1
 
     await asyncio.gather(*(worker(c) for c in conns))
@@ -287,7 +316,7 @@ async def open_loop(
             latency = time.perf_counter() - due
             if due >= start:
                 result.statuses[status] += 1
-                if status == "200":
+                if succeeded(status):
                     result.ok += 1
                     result.latencies.append(latency)
 

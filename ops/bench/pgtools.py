@@ -14,12 +14,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psutil
-from procs import CHAIN_KEY
+from procs import CHAIN_KEY, SPEND_KEY_NAME
 
 from service.db.connection import apply_schema, connect, migrate
 from service.domain.chain import ChainKey
@@ -97,6 +98,18 @@ class Server:
         dsn = with_database(self.admin, name)
         await migrate(dsn, runtime_role=RUNTIME_ROLE, create_role=True)
         return dsn
+
+    async def copy(self, template: str, label: str) -> str:
+        """A fresh database copied from `template` (a DSN nothing is connected to); its DSN."""
+        self._count += 1
+        name = f"{self._prefix}_{self._count}_{label}"
+        source = urlsplit(template).path.lstrip("/")
+        conn = await connect(self.admin, wait=10)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
+        finally:
+            await conn.close()
+        return with_database(self.admin, name)
 
     async def drop_stale(self) -> None:
         """Drop the databases of earlier benchmarks that nothing is connected to."""
@@ -241,6 +254,39 @@ async def load_events(
     return time.monotonic() - started
 
 
+# What `POST /v1/wallets/{u}/credits` records for user-0 ... user-(n-1), one internal credit each
+# from the spending key (keyed as the write path keys them, through the chain trigger), and the
+# wallets it leaves. Not their stored idempotency answers: nothing reads them here.
+_FUND = """
+INSERT INTO events (provider, key, type, user_id, amount, provider_ref, test, data)
+SELECT $1, 'request:fund-' || i, 'credited', 'user-' || i, $2::numeric, '', false, '{}'::jsonb
+FROM generate_series(0, $3::bigint - 1) AS i
+"""
+_FUNDED = """
+INSERT INTO wallets (user_id, balance, total_credited, total_reversed, total_debited,
+                     event_count, last_position, updated_at)
+SELECT user_id, amount, amount, 0, 0, 1, position, now()
+FROM events WHERE provider = $1 AND key LIKE 'request:fund-%'
+"""
+
+
+async def fund(dsn: str, users: int, amount: Decimal) -> float:
+    """Credit `amount` to each of `users` users, as internal credits would; the seconds it took."""
+    started = time.monotonic()
+    conn = await connect(dsn, wait=10, chain_key=ChainKey(CHAIN_KEY))
+    try:
+        await conn.execute("SET synchronous_commit = off")  # made durable by the CHECKPOINT
+        async with conn.transaction():
+            await conn.execute(_FUND, SPEND_KEY_NAME, amount, users)
+            await conn.execute(_FUNDED, SPEND_KEY_NAME)
+        await conn.execute("VACUUM ANALYZE events")
+        await conn.execute("VACUUM ANALYZE wallets")
+    finally:
+        await conn.close()
+    await checkpoint(dsn)
+    return time.monotonic() - started
+
+
 async def time_verify(dsn: str) -> tuple[float, int, bool, str]:
     """Run `service.verify.verify` in this process: (events/s, events, ok, summary)."""
     conn = await connect(dsn, wait=10)
@@ -255,8 +301,9 @@ async def time_verify(dsn: str) -> tuple[float, int, bool, str]:
 
 # --- pgbench -------------------------------------------------------------------------------------
 
-# The write path's SQL for one postback, one transaction each (see the file).
+# The write path's SQL for one postback, or for one debit, one transaction each (see the files).
 PGBENCH_SCRIPT = Path(__file__).resolve().parent / "postback.pgbench.sql"
+DEBIT_SCRIPT = Path(__file__).resolve().parent / "debit.pgbench.sql"
 PGBENCH_NOTIFY = "SELECT pg_notify('ledger_events', '');\n"
 
 
@@ -285,9 +332,9 @@ _FAILED = re.compile(r"^number of failed transactions: ([0-9]+)", re.MULTILINE)
 
 
 def _pgbench(
-    binary: Path, dsn: str, clients: int, seconds: float, users: int, notify: bool
+    binary: Path, dsn: str, clients: int, seconds: float, users: int, notify: bool, path: Path
 ) -> PgbenchResult:
-    script = PGBENCH_SCRIPT.read_text()
+    script = path.read_text()
     if notify:
         script = script.replace("COMMIT;", PGBENCH_NOTIFY + "COMMIT;")
     with tempfile.NamedTemporaryFile("w", prefix="bench-", suffix=".sql") as file:
@@ -316,6 +363,8 @@ def _run_pgbench(
         "n=0",
         "-D",
         f"users={users}",
+        "-D",
+        f"apikey={SPEND_KEY_NAME}",
         # Distinct per invocation: keys stay unique across the warm-up and the measurement.
         "-D",
         f"run=r{secrets.token_hex(3)}",
@@ -333,7 +382,14 @@ def _run_pgbench(
 
 
 async def pgbench(
-    binary: Path, dsn: str, clients: int, seconds: float, users: int, notify: bool = False
+    binary: Path,
+    dsn: str,
+    clients: int,
+    seconds: float,
+    users: int,
+    notify: bool = False,
+    script: Path = PGBENCH_SCRIPT,
 ) -> PgbenchResult:
-    """One pgbench run of `seconds` (whole seconds: pgbench's -T) with `clients` clients."""
-    return await asyncio.to_thread(_pgbench, binary, dsn, clients, seconds, users, notify)
+    """One pgbench run of `script` for `seconds` (whole seconds: pgbench's -T) with `clients`
+    clients."""
+    return await asyncio.to_thread(_pgbench, binary, dsn, clients, seconds, users, notify, script)

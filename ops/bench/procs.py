@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 MEDIOOT_SECRET = "bench-medioot-secret"
 READ_KEY = "bench-read-key-0001"
+SPEND_KEY = "bench-spend-key-0001"
+SPEND_KEY_NAME = "bench-shop"  # the provider of its events, as an internal service's
 CHAIN_KEY = "bench-chain-key-not-a-secret-0123456789"
 HOST = "127.0.0.1"
 
@@ -63,7 +65,9 @@ def config_text(dsn: str, pool_size: int | None, server: str = "") -> str:
         f"[database]\nurl = {q(with_user(dsn, RUNTIME_ROLE))}\nowner_url = {q(dsn)}\n{pool}\n"
         f"[integrity]\nchain_key = {q(CHAIN_KEY)}\n\n"
         f'[[providers]]\nname = "medioot"\nprotocol = "medioot"\nsecret = {q(MEDIOOT_SECRET)}\n\n'
-        f'[[api_keys]]\nname = "bench"\nkey = {q(READ_KEY)}\nscopes = ["read"]\n'
+        f'[[api_keys]]\nname = "bench"\nkey = {q(READ_KEY)}\nscopes = ["read"]\n\n'
+        f"[[api_keys]]\nname = {q(SPEND_KEY_NAME)}\nkey = {q(SPEND_KEY)}\n"
+        'scopes = ["spend"]\n'
     )
 
 

@@ -25,6 +25,9 @@ ROWS = (
     Row("ingest (service), postbacks/s", ("ingest",)),
     Row("ingest (pgbench, same SQL), tx/s", ("pgbench",)),
     Row("ratio ingest/pgbench", ("ratio_ingest",), 2, ("ratio_ingest", ">=", 1.0)),
+    Row("debits (service), debits/s", ("debits",)),
+    Row("debits (pgbench, same SQL), tx/s", ("pgbench_debits",)),
+    Row("ratio debits/pgbench", ("ratio_debits",), 2),
     Row("p50 / p99 at 50 % of peak, ms", ("p50_50", "p99_50"), 1, ("p99_50", "<=", 20.0)),
     Row("p50 / p99 at 80 % of peak, ms", ("p50_80", "p99_80"), 1),
     Row("wallet reads (service), req/s", ("reads",)),
@@ -39,7 +42,7 @@ ROWS = (
         large_log=True,
     ),
     Row("verify, events/s", ("verify",), 0, ("verify", ">=", 200_000.0)),
-    Row("errors (non-200 answers)", ("errors",)),
+    Row("errors (non-2xx answers, failed steps)", ("errors",)),
 )
 
 _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
@@ -53,6 +56,7 @@ def derive(f: Figures) -> None:
         return x / y if y and not math.isnan(x) and not math.isnan(y) else math.nan
 
     f["ratio_ingest"] = ratio("ingest", "pgbench")
+    f["ratio_debits"] = ratio("debits", "pgbench_debits")
     f["ratio_reads"] = ratio("reads", "bare")
     if "ingest_large" in f:
         f["ratio_large"] = ratio("ingest_large", "ingest")

@@ -1,6 +1,7 @@
 """The scenarios of one run of the benchmark, each on a database of its own (but the two logs
-loaded once for every run): pgbench, ingest, ingest on the large log, wallet reads against bare
-aiohttp, latency at 50 % and 80 % of the peak, and verify."""
+loaded once for every run): pgbench, ingest, ingest on the large log, debits against pgbench
+running their SQL, wallet reads against bare aiohttp, latency at 50 % and 80 % of the peak, and
+verify."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import traceback
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import loadgen
@@ -25,6 +27,8 @@ MAX_RATE = 20_000  # postbacks/s the pre-generated requests allow for in closed 
 # requests queue for (a wall opens as many as it needs); latency still counts from the due time.
 OPEN_LOOP_CONNECTIONS = 4
 AUTH = {"Authorization": f"Bearer {procs.READ_KEY}"}
+SPEND_AUTH = {"Authorization": f"Bearer {procs.SPEND_KEY}"}
+MAX_DEBIT_CENTS = 99_999  # a debit takes 0.01 to 999.99, as a postback credits
 
 
 def say(text: str) -> None:
@@ -52,6 +56,32 @@ def signed_postbacks(
     return reqs, subids
 
 
+def debits(
+    rng: random.Random, users: int, port: int, n: int
+) -> tuple[list[loadgen.Request], list[str]]:
+    """`n` debits, each with an Idempotency-Key of its own, over users user-0 ... user-(users-1)
+    (the funded ones)."""
+    reqs, subjects = [], []
+    for _ in range(n):
+        user = f"user-{rng.randrange(users)}"
+        cents = rng.randint(1, MAX_DEBIT_CENTS)
+        body = f'{{"amount": "{cents // 100}.{cents % 100:02d}"}}'.encode()
+        own = {"Idempotency-Key": f"{rng.getrandbits(80):020x}"}
+        path = f"/v1/wallets/{user}/debits"
+        reqs.append(
+            loadgen.request(procs.HOST, port, path, SPEND_AUTH, method="POST", body=body, own=own)
+        )
+        subjects.append(user)
+    return reqs, subjects
+
+
+def funding(users: int, debits: int) -> Decimal:
+    """What each user is credited before the debits: the most they could all take from one user
+    if each took 999.99, with ample room for the luck of the draw (a refusal is a failure)."""
+    per_user = 2 * (debits // users) + 20
+    return Decimal(per_user * (MAX_DEBIT_CENTS + 1)) / 100
+
+
 @dataclass
 class Bench:
     args: argparse.Namespace
@@ -62,6 +92,7 @@ class Bench:
     postgres_pid: int | None = None  # when the server runs here: its CPU use is reported
     large_db: str | None = None
     verify_db: str = ""
+    funded_db: str = ""  # every user funded for the debits, copied for each debit scenario
     rng: random.Random = field(default_factory=random.Random)
 
     def log(self, name: str) -> Path:
@@ -119,6 +150,32 @@ class Bench:
         await self.served(result, log, "/postbacks/")
         return result, sorted({subids[i] for i in result.ok_items})
 
+    async def debit(self, dsn: str, label: str) -> loadgen.Result:
+        log = self.log(label)
+        async with procs.service(dsn, log, self.workers, self.args.pool_size) as server:
+            items, _ = debits(self.rng, self.args.users, server.port, self.capacity())
+            await pgtools.checkpoint(dsn)
+            a = self.args
+            async with loadgen.Clients(
+                a.client, procs.HOST, server.port, a.clients, SPEND_AUTH
+            ) as conns:
+                load = loadgen.closed_loop(conns, items, a.warmup, a.duration)
+                result = await self.metered(self.roots("service", server), load)
+        await self.served(result, log, "/v1/wallets/{user_id}/debits")
+        return result
+
+    async def fund(self) -> float:
+        """Fund every user once for every run's debits (`funded_db`); the seconds it took."""
+        self.funded_db = await self.server.create("funded")
+        amount = funding(self.args.users, self.capacity())
+        return await pgtools.fund(self.funded_db, self.args.users, amount)
+
+    async def funded(self, label: str) -> str:
+        """A fresh copy of the database whose users are funded for the debits."""
+        dsn = await self.server.copy(self.funded_db, label)
+        await pgtools.checkpoint(dsn)
+        return dsn
+
     async def rate(self, dsn: str, label: str, rate: float) -> loadgen.Result:
         a, log = self.args, self.log(label)
         async with procs.service(dsn, log, self.workers, a.pool_size) as server:
@@ -138,7 +195,7 @@ class Bench:
         def record(name: str, result: loadgen.Result) -> None:
             nonlocal errors
             errors += result.errors
-            note = f"{name}: {result.rate:,.0f}/s answered 200"
+            note = f"{name}: {result.rate:,.0f}/s answered 2xx"
             if result.errors:
                 note += f"; ERRORS: {result.error_text()}"
             if result.exhausted:
@@ -162,28 +219,34 @@ class Bench:
                 say(traceback.format_exc().rstrip())
                 say(f"[run {n}] {notes[-1]}")
 
-        async def pgbench() -> None:
-            dsn = await self.server.create("pgbench")
+        async def pgbench(debits: bool = False) -> None:
+            """The postback's SQL, or with `debits` the debit's, on funded wallets."""
+            key, what, script = "pgbench", "", pgtools.PGBENCH_SCRIPT
+            if debits:
+                key, what, script = "pgbench_debits", ", debits", pgtools.DEBIT_SCRIPT
+                dsn = await self.funded(key)
+            else:
+                dsn = await self.server.create(key)
             cpu: dict[str, float] = {}
             try:
                 await pgtools.checkpoint(dsn)
                 args = (self.pgbench, dsn, a.clients)
                 if a.warmup > 0:
-                    await pgtools.pgbench(*args, a.warmup, a.users, a.pgbench_notify)
+                    await pgtools.pgbench(*args, a.warmup, a.users, a.pgbench_notify, script)
                 seconds = max(1, round(a.duration))  # pgbench -T takes whole seconds
                 meter = None
                 if self.postgres_pid is not None:
                     roots = {"postgres": self.postgres_pid}
                     meter = asyncio.create_task(procs.cpu_cores(roots, 0.2, seconds - 0.4))
-                res = await pgtools.pgbench(*args, a.duration, a.users, a.pgbench_notify)
+                res = await pgtools.pgbench(*args, a.duration, a.users, a.pgbench_notify, script)
                 if meter is not None:
                     cpu = await meter
             finally:
                 await self.server.drop(dsn)
-            f["pgbench"] = res.tps
+            f[key] = res.tps
             failed = f"; {res.failed} failed transactions" if res.failed else ""
             notify = " (with pg_notify)" if a.pgbench_notify else ""
-            notes.append(f"pgbench{notify}: {res.tps:,.0f} tx/s, {a.clients} clients{failed}")
+            notes.append(f"pgbench{what}{notify}: {res.tps:,.0f} tx/s, {a.clients} clients{failed}")
             if cpu:
                 notes[-1] += f"; {cpu_text(cpu, None)}"
             say(f"[run {n}] {notes[-1]}")
@@ -203,6 +266,15 @@ class Bench:
             result, _ = await self.ingest(self.large_db, f"run{n}-ingest-large")
             f["ingest_large"] = result.rate
             record("ingest (service, large log)", result)
+
+        async def debit() -> None:
+            dsn = await self.funded("debits")
+            try:
+                result = await self.debit(dsn, f"run{n}-debits")
+            finally:
+                await self.server.drop(dsn)
+            f["debits"] = result.rate
+            record("debits (service)", result)
 
         async def reads() -> None:
             if not users:
@@ -243,12 +315,15 @@ class Bench:
                 notes[-1] += ": THE LOG DOES NOT VERIFY"
             say(f"[run {n}] {notes[-1]}")
 
-        # pgbench and the service's ingest back to back, then the large log, so that each
-        # ratio compares measurements taken as close together as the machine allows.
+        # pgbench and the service's ingest back to back, then the large log, then pgbench and
+        # the service's debits, so that each ratio compares measurements taken as close
+        # together as the machine allows.
         await step("pgbench", pgbench())
         await step("ingest", ingest())
         if self.large_db is not None:
             await step("ingest, large log", ingest_large())
+        await step("pgbench, debits", pgbench(debits=True))
+        await step("debits", debit())
         await step("wallet reads", reads())
         if ingest_dsn:
             await self.server.drop(ingest_dsn)
