@@ -23,6 +23,7 @@ from prometheus_client import (
 )
 
 from .domain.events import EventType, Outcome
+from .domain.spending import Kind
 
 # The *_created series double every counter for no use in alerting or dashboards.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
@@ -140,6 +141,6 @@ def initialise(providers: Iterable[str]) -> None:
         REFUSALS_UNLOGGED.labels(provider=provider)
     for event_type in EventType:
         EVENTS.labels(type=event_type.value)
-    for operation in ("debit", "credit", "hold", "capture", "void", "expire"):
+    for operation in Kind:
         for spend_outcome in SPEND_OUTCOMES:
-            SPEND.labels(operation=operation, outcome=spend_outcome)
+            SPEND.labels(operation=operation.value, outcome=spend_outcome)

@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.domain.events import EventType, Outcome
-from service.metrics import AUTH_REASONS
+from service.domain.spending import Kind
+from service.metrics import AUTH_REASONS, SPEND_OUTCOMES
 from tests import helpers
 from tests.helpers import medioot, unique
 
@@ -21,7 +22,8 @@ Client = TestClient[web.Request, web.Application]
 Series = tuple[str, frozenset[tuple[str, str]]]
 
 FIXED_LABEL_VALUES = {
-    "outcome": {o.value for o in Outcome},
+    "outcome": {o.value for o in Outcome} | set(SPEND_OUTCOMES),
+    "operation": {k.value for k in Kind},
     "reason": set(AUTH_REASONS),
     "type": {t.value for t in EventType},
 }
