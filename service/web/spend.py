@@ -170,7 +170,10 @@ def _reference(text: str | None) -> str | None:
 def _data(data: dict[str, Any] | None) -> msgspec.Raw | None:
     if data is None:
         return None
-    body = _encode(data)  # its numbers were decoded as decimals: the same digits come out
+    try:
+        body = _encode(data)  # its numbers were decoded as decimals: the same digits come out
+    except RecursionError:
+        raise ApiError(400, "invalid_data", "data nests too deep") from None
     if len(body) > DATA_LIMIT:
         raise ApiError(400, "invalid_data", f"data must be at most {DATA_LIMIT} bytes of JSON")
     if storable_json(body) is None:
@@ -196,6 +199,8 @@ def _decode(kind: Kind, body: bytes) -> Any:
         raise ApiError(400, "invalid_body", detail) from None
     except msgspec.DecodeError:
         raise ApiError(400, "invalid_body", "the body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_body", "the body nests too deep") from None
 
 
 def _fingerprint(kind: Kind, subject: str, body: bytes) -> bytes:

@@ -340,6 +340,7 @@ async def test_a_missing_or_malformed_idempotency_key_is_400(
         b'{"amount": "1", "expires_in": 604801}',
         b'{"amount": "1", "expires_in": 1.5}',
         b'{"amount": "1", "data": {"big": "' + b"x" * 5000 + b'"}}',
+        b'{"amount": "1", "data": {"a": ' + b"[" * 2000 + b"]" * 2000 + b"}}",
     ],
 )
 async def test_malformed_bodies_are_400_and_record_nothing(client: Client, body: bytes) -> None:
