@@ -222,7 +222,8 @@ async def scenario(
     if opts.spend_concurrency:
         spendload.report(report, spent)
     common.report_logs(report, service)
-    report.data.update(audit=audit, spending=spent, restarts=restarts, postmaster_kills=pg_kills)
+    report.data.update(audit=audit, spending=spent, spending_ops=spender.ops)
+    report.data.update(restarts=restarts, postmaster_kills=pg_kills)
     report.note(
         f"every request: {log_dir / 'requests.jsonl'}, {log_dir / 'spending.jsonl'};"
         f" service logs: {log_dir}"

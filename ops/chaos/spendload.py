@@ -57,7 +57,7 @@ SPEND_KEY = "chaos-spend-key-0001"
 HOLD_SECONDS = 3600  # longer than any run: no hold expires under the load
 KINDS = ("debit", "credit", "hold", "capture", "void")
 # Shares of each operation; a capture or void needs a hold to close (else: a debit).
-MIX = {"credit": 0.25, "debit": 0.35, "hold": 0.2, "close": 0.2}
+MIX = {"credit": 0.3, "debit": 0.3, "hold": 0.2, "close": 0.2}
 RESEND = 0.1  # share of operations answered 2xx that are sent once more, to compare the replay
 
 
@@ -271,14 +271,14 @@ class SpendLoad:
         user = rng.choice(self.users)
         fields: dict[str, Any] = {}
         if kind == "credit":
-            amount = _money(rng, 500, 20_000)
+            amount = _money(rng, 1_000, 30_000)
             fields["reference"] = f"grant-{self.run}-{self._seq}"  # one wall transaction each
         elif kind == "debit":
-            amount = _money(rng, 1, 5_000)
+            amount = _money(rng, 1, 3_000)
             if rng.random() < 0.5:
                 fields["reference"] = f"order-{self.run}-{self._seq}"
         else:
-            amount = _money(rng, 100, 6_000)
+            amount = _money(rng, 100, 4_000)
             fields["expires_in"] = HOLD_SECONDS
         payload = {"amount": str(amount), **fields}
         path = f"/v1/wallets/{user}/{kind}s"
