@@ -10,8 +10,10 @@ definitive answer (2xx, 409, 422, another 4xx) or the run ends. Operations: inte
 (each with a reference of its own), debits, and holds that are later captured whole, captured in
 part or voided (by the same key; holds last an hour, so none expires during a run). Now and then
 an operation already answered 2xx is sent once more, to compare the replay with the first
-answer. The users are wallets funded only by this key's credits (never charged back), and a few
-of the postback load's users (whose credits are credited and reversed meanwhile).
+answer; the first sending of some is cut by the client after a few milliseconds and sent again
+at once, or sent twice at once, so that repeats overlap the request they repeat. The users are
+wallets funded only by this key's credits (never charged back), and a few of the postback
+load's users (whose credits are credited and reversed meanwhile).
 
 **The audit** (`audit`) reads the event log, the wallets and nothing of the service's code:
 
@@ -22,8 +24,8 @@ of the postback load's users (whose credits are credited and reversed meanwhile)
 - nothing applied twice: one event per key, one `hold_placed` and at most one closing event per
   hold; no event this key made that no operation asked for;
 - an operation whose definitive answer was 409 (nothing recorded, says the API) has no event;
-- no 422: every repeat carried the same body; every later 2xx answer to an operation is byte for
-  byte its first, and says `Idempotent-Replayed: true`;
+- no 422: every repeat carried the same body; every 2xx answer to an operation is byte for byte
+  its first, and at most one of them lacks `Idempotent-Replayed: true`;
 - every wallet holds what its events make: the postbacks under the money rules of
   `common.expected_wallets`, plus internal credits, minus debits and captures
   (balance = credited - reversed - debited);
@@ -59,6 +61,11 @@ KINDS = ("debit", "credit", "hold", "capture", "void")
 # Shares of each operation; a capture or void needs a hold to close (else: a debit).
 MIX = {"credit": 0.3, "debit": 0.3, "hold": 0.2, "close": 0.2}
 RESEND = 0.1  # share of operations answered 2xx that are sent once more, to compare the replay
+# Shares of operations whose first sending is cut by the client after a few milliseconds (it
+# gives up waiting and sends again, while the service may still be at the first), or sent twice
+# at once (two retries racing): repeats that overlap the request they repeat.
+CUT = 0.1
+TWIN = 0.1
 
 
 def config_text() -> str:
@@ -192,7 +199,7 @@ class SpendLoad:
         self.backoff = backoff
         self.finish = finish
         self.ops: list[Op] = []
-        self.inflight: set[Op] = set()
+        self.inflight: dict[int, Op] = {}  # by id() of the attempt
         self.pending_at_end: list[Op] = []
         self._open: list[_Open] = []
         self._seq = 0
@@ -219,9 +226,11 @@ class SpendLoad:
         self._stopping = True
         self._stopped_at = time.monotonic()
         _, running = await asyncio.wait(self._tasks, timeout=drain) if self._tasks else ((), ())
-        self.pending_at_end = list(self.inflight)
+        self.pending_at_end = list({id(op): op for op in self.inflight.values()}.values())
         for op in self.pending_at_end:
-            op.attempts[-1].error = f"PENDING: no answer within {drain:g} s of the end of the load"
+            for attempt in op.attempts:
+                if id(attempt) in self.inflight:
+                    attempt.error = f"PENDING: no answer within {drain:g} s of the end of the load"
         for task in running:
             task.cancel()
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -312,8 +321,19 @@ class SpendLoad:
     async def _until_answered(self, op: Op, resent: bool = False) -> None:
         """Send `op` until a definitive answer, or until the run ends (`finish` seconds after
         the load stops)."""
+        first = not op.attempts
         while True:
-            attempt = await self._send(op, resent)
+            draw = self.rng.random() if first else 1.0
+            first = False
+            if draw < TWIN:
+                twins = await asyncio.gather(self._send(op, resent), self._send(op, resent))
+                if any(not a.retryable for a in twins) or self._over():
+                    return
+                continue
+            cut = self.rng.uniform(0.002, 0.03) if draw < TWIN + CUT else None
+            attempt = await self._send(op, resent, cut)
+            if cut is not None and attempt.http is None:
+                continue  # gave up waiting: again at once
             if not attempt.retryable or self._over():
                 return
             await asyncio.sleep(self.backoff * (1 + self.rng.random()))
@@ -323,14 +343,17 @@ class SpendLoad:
     def _over(self) -> bool:
         return self._stopping and time.monotonic() > self._stopped_at + self.finish
 
-    async def _send(self, op: Op, resent: bool) -> Attempt:
+    async def _send(self, op: Op, resent: bool, cut: float | None = None) -> Attempt:
         assert self._session is not None
         attempt = Attempt(time.monotonic(), resent=resent)
         op.attempts.append(attempt)
-        self.inflight.add(op)
+        self.inflight[id(attempt)] = op
+        limit = aiohttp.ClientTimeout(total=cut) if cut is not None else None
         try:
             headers = {"Idempotency-Key": op.key}
-            async with self._session.post(self.url + op.path, data=op.body, headers=headers) as r:
+            async with self._session.post(
+                self.url + op.path, data=op.body, headers=headers, timeout=limit
+            ) as r:
                 attempt.body = await r.read()
                 attempt.http = r.status
                 attempt.replayed = r.headers.get("Idempotent-Replayed") == "true"
@@ -338,7 +361,7 @@ class SpendLoad:
             attempt.error = f"{type(exc).__name__}: {exc}"[:200]
         finally:
             attempt.end = time.monotonic()
-            self.inflight.discard(op)
+            self.inflight.pop(id(attempt), None)
         return attempt
 
     def dump(self, path: Path, t0: float) -> None:
@@ -378,7 +401,7 @@ class KindFigures:
     ops: int = 0
     acknowledged: int = 0
     retried: int = 0  # acknowledged after more than one sending
-    recovered: int = 0  # the first 2xx a replay: an earlier sending applied, its answer lost
+    recovered: int = 0  # every 2xx a replay: the sending that applied it lost its answer
     refused: int = 0  # definitive 409
     unresolved: int = 0  # the run ended before a definitive answer
     lost: list[str] = field(default_factory=list)  # acknowledged, no event or a wrong one
@@ -394,9 +417,9 @@ class SpendAudit:
     refused_recorded: list[str] = field(default_factory=list)  # 409, yet its event exists
     replays_compared: int = 0
     replays_differ: list[str] = field(default_factory=list)
-    replays_unmarked: list[str] = field(default_factory=list)  # no Idempotent-Replayed: true
+    answered_new_twice: list[str] = field(default_factory=list)  # 2xx not marked a replay, twice
     phantom: list[str] = field(default_factory=list)  # events of the key nobody asked for
-    http_500: int = 0
+    http_500: int = 0  # 500, 502, 504...: 503 is the service's answer to retry later
     other_status: list[str] = field(default_factory=list)  # 400, 404, ...: not expected here
     pending: int = 0
     events: int = 0
@@ -551,15 +574,15 @@ async def audit(dsn: str, ops: Sequence[Op], pending: int = 0) -> SpendAudit:
             continue
         k.acknowledged += 1
         k.retried += op.retried
-        k.recovered += op.answers[0].replayed and not op.answers[0].resent
+        k.recovered += all(x.replayed for x in op.answers)
         answers = op.answers
         if len(answers) > 1:
             a.replays_compared += 1
             first = answers[0]
             if any((x.http, x.body) != (first.http, first.body) for x in answers[1:]):
                 a.replays_differ.append(f"{op.kind} {op.key}")
-            if not all(x.replayed for x in answers[1:]):
-                a.replays_unmarked.append(f"{op.kind} {op.key}")
+            if sum(not x.replayed for x in answers) > 1:
+                a.answered_new_twice.append(f"{op.kind} {op.key}")
         if not found:
             k.lost.append(f"{op.kind} {op.key} ({op.user}, {op.amount}): no event {event_key}")
             continue
@@ -652,13 +675,13 @@ def report(rep: Report, a: SpendAudit) -> None:
         "0",
     )
     rep.add(
-        "  later 2xx without Idempotent-Replayed",
-        len(a.replays_unmarked),
-        not a.replays_unmarked,
+        "  2xx without Idempotent-Replayed more than once",
+        len(a.answered_new_twice),
+        not a.answered_new_twice,
         "0",
     )
     rep.add("events of the key nobody asked for", len(a.phantom), not a.phantom, "0")
-    rep.add("HTTP 500 answers (spending)", a.http_500, a.http_500 == 0, "0")
+    rep.add("HTTP 5xx but 503 (spending)", a.http_500, a.http_500 == 0, "0")
     rep.add("other 4xx answers (spending)", len(a.other_status), not a.other_status, "0")
     rep.add("spending requests still pending at the end", a.pending, a.pending == 0, "0")
     rep.add(
@@ -676,7 +699,7 @@ def report(rep: Report, a: SpendAudit) -> None:
         ("409 yet recorded", a.refused_recorded),
         ("422", a.retries_422),
         ("replay differs", a.replays_differ),
-        ("replay unmarked", a.replays_unmarked),
+        ("answered new twice", a.answered_new_twice),
         ("spending phantom", a.phantom),
         ("spending 4xx", a.other_status),
         ("below zero", a.below_zero),
