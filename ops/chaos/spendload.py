@@ -30,7 +30,8 @@ load's users (whose credits are credited and reversed meanwhile).
   `common.expected_wallets`, plus internal credits, minus debits and captures
   (balance = credited - reversed - debited);
 - on a wallet that never had a chargeback, `available` (balance - holds not yet ended) is never
-  below zero, event after event, nor in any answer.
+  below zero: in no answer, not at the end, and not event after event in the log's order (a
+  debit or hold recorded before a credit it was decided after shows as one there).
 """
 
 from __future__ import annotations
@@ -426,7 +427,9 @@ class SpendAudit:
     wallets_checked: int = 0
     wallets_off: list[str] = field(default_factory=list)  # every wallet, postbacks included
     never_charged_back: int = 0
-    below_zero: list[str] = field(default_factory=list)  # available < 0, no chargeback
+    below_zero: list[str] = field(default_factory=list)  # in an answer or at the end
+    # In the log's order: a debit or hold recorded before a credit it was decided after.
+    log_order: list[str] = field(default_factory=list)
 
     @property
     def lost(self) -> int:
@@ -480,11 +483,12 @@ def expected_wallets(events: Iterable[Any], spender: str = SPENDER) -> dict[str,
 
 def available_below_zero(
     events: Iterable[Any], holds: dict[str, str], spender: str = SPENDER
-) -> tuple[list[str], set[str]]:
-    """Event after event, the wallets that never had a chargeback whose balance minus the holds
-    not yet ended went below zero (the first time each); and the wallets that never had one.
-    Such a wallet's balance is the sum of its credits (nothing takes one back) less its debits
-    and captures. `holds`: the hold of each of the spending key's hold events, by event key."""
+) -> tuple[list[str], list[str], set[str]]:
+    """Among the wallets that never had a chargeback: those whose balance minus the holds not
+    yet ended goes below zero, event after event in the log's order (the first time each), and
+    those where it ends below zero; and the wallets that never had one. Such a wallet's balance
+    is the sum of its credits (nothing takes one back) less its debits and captures. `holds`:
+    the hold of each of the spending key's hold events, by event key."""
     rows = list(events)
     charged = {e["user_id"] for e in rows if e["type"] == "reversed" and not e["test"]}
     balance: dict[str, Decimal] = defaultdict(Decimal)
@@ -513,7 +517,12 @@ def available_below_zero(
                     f" held {held[user]})"
                 )
     users = {e["user_id"] for e in rows} - charged
-    return [found[u] for u in sorted(found)], users
+    at_end = [
+        f"{u}: available {balance[u] - held[u]} at the end"
+        for u in sorted(users)
+        if balance[u] < held[u]
+    ]
+    return [found[u] for u in sorted(found)], at_end, users
 
 
 async def audit(dsn: str, ops: Sequence[Op], pending: int = 0) -> SpendAudit:
@@ -608,7 +617,7 @@ async def audit(dsn: str, ops: Sequence[Op], pending: int = 0) -> SpendAudit:
         if have != w:
             a.wallets_off.append(f"{user}: {_totals(have)} vs {_totals(w)} from events")
     holds = {r["key"]: str(r["hold_id"]) for r in rows if r["hold_id"] is not None}
-    a.below_zero, clean = available_below_zero(every, holds)
+    a.log_order, a.below_zero, clean = available_below_zero(every, holds)
     spenders = {op.user for op in ops}
     a.never_charged_back = len(clean & spenders)
     for op in ops:
@@ -641,6 +650,7 @@ def _counts(counter: Counter[str]) -> str:
     return ", ".join(f"{k} {n}" for k, n in counter.most_common()) or "-"
 
 
+LOG_ORDER = "  ... or replaying the log in its order (wallets)"
 PLURALS = {"debit": "debits", "credit": "credits", "hold": "holds"}
 PLURALS |= {"capture": "captures", "void": "voids"}
 
@@ -685,9 +695,15 @@ def report(rep: Report, a: SpendAudit) -> None:
     rep.add("other 4xx answers (spending)", len(a.other_status), not a.other_status, "0")
     rep.add("spending requests still pending at the end", a.pending, a.pending == 0, "0")
     rep.add(
-        "available below zero without a chargeback",
+        "available below zero without a chargeback, in an answer or at the end",
         f"{len(a.below_zero)} ({a.never_charged_back} spending wallets never charged back)",
         not a.below_zero,
+        "0",
+    )
+    rep.add(
+        LOG_ORDER,
+        len(a.log_order),
+        not a.log_order,
         "0",
     )
     rep.add("spending events in the log", a.events)
@@ -703,6 +719,7 @@ def report(rep: Report, a: SpendAudit) -> None:
         ("spending phantom", a.phantom),
         ("spending 4xx", a.other_status),
         ("below zero", a.below_zero),
+        ("below zero in the log's order", a.log_order),
     ]
     for label, items in problems:
         if items:
