@@ -92,6 +92,9 @@ class Attempt:
     replayed: bool = False  # answered with Idempotent-Replayed: true
     error: str = ""
     resent: bool = False  # sent once more after a 2xx, on purpose
+    # Sent beside another sending of the same request, or given up on by the client while the
+    # service may still be at it: either may be decided after the other's answer.
+    overlapping: bool = False
 
     @property
     def outcome(self) -> str:
@@ -327,12 +330,15 @@ class SpendLoad:
             draw = self.rng.random() if first else 1.0
             first = False
             if draw < TWIN:
-                twins = await asyncio.gather(self._send(op, resent), self._send(op, resent))
+                twins = await asyncio.gather(
+                    self._send(op, resent, overlapping=True),
+                    self._send(op, resent, overlapping=True),
+                )
                 if any(not a.retryable for a in twins) or self._over():
                     return
                 continue
             cut = self.rng.uniform(0.002, 0.03) if draw < TWIN + CUT else None
-            attempt = await self._send(op, resent, cut)
+            attempt = await self._send(op, resent, cut, overlapping=cut is not None)
             if cut is not None and attempt.http is None:
                 continue  # gave up waiting: again at once
             if not attempt.retryable or self._over():
@@ -344,9 +350,11 @@ class SpendLoad:
     def _over(self) -> bool:
         return self._stopping and time.monotonic() > self._stopped_at + self.finish
 
-    async def _send(self, op: Op, resent: bool, cut: float | None = None) -> Attempt:
+    async def _send(
+        self, op: Op, resent: bool, cut: float | None = None, *, overlapping: bool = False
+    ) -> Attempt:
         assert self._session is not None
-        attempt = Attempt(time.monotonic(), resent=resent)
+        attempt = Attempt(time.monotonic(), resent=resent, overlapping=overlapping)
         op.attempts.append(attempt)
         self.inflight[id(attempt)] = op
         limit = aiohttp.ClientTimeout(total=cut) if cut is not None else None
@@ -379,6 +387,7 @@ class SpendLoad:
                         "replayed": a.replayed,
                         "error": a.error,
                         "resent": a.resent,
+                        "overlapping": a.overlapping,
                     }
                     for a in op.attempts
                 ]
@@ -578,7 +587,9 @@ async def audit(dsn: str, ops: Sequence[Op], pending: int = 0) -> SpendAudit:
                 mine = [e for e in found if e["type"] == want[op.kind]]
                 if op.kind in ("capture", "void"):
                     mine = [e for e in mine if e["amount"] == op.amount]
-                if mine:
+                # A refusal is not stored: a sending still unanswered beside it may apply later.
+                raced = any(x.overlapping and x.http is None for x in op.attempts)
+                if mine and not raced:
                     a.refused_recorded.append(f"{op.kind} {op.key}: {_event(mine[0])}")
             continue
         k.acknowledged += 1
