@@ -1,10 +1,14 @@
 """Fault scenario: crashes under load.
 
 While the load generator sends signed postbacks (new credits, repeats, reversals, retries, many
-users), the service is killed with SIGKILL at random moments (every 0.3-1.5 s by default), 20
-times, and started again at once each time. Then the PostgreSQL postmaster itself is killed
-with SIGKILL under load and started again (crash recovery); the service must reconnect by
-itself (if it does not, that is reported as a finding, and only then is it restarted).
+users), and an internal service spends through a key with scope spend (debits, internal credits,
+holds captured whole or in part or voided; each request sent again under the same
+Idempotency-Key and body after a connection error or a 5xx, until it is answered: see
+ops/chaos/spendload.py), the service is killed with SIGKILL at random moments (every 0.3-1.5 s
+by default), 20 times, and started again at once each time. Then the PostgreSQL postmaster
+itself is killed with SIGKILL under load and started again (crash recovery); the service must
+reconnect by itself (if it does not, that is reported as a finding, and only then is it
+restarted).
 
 "The service" is the whole process group `python -m service serve [--workers N]` runs in: the
 supervisor and its workers die together, as on a machine crash or an OOM kill of the unit.
@@ -12,7 +16,10 @@ supervisor and its workers die together, as on a machine crash or an OOM kill of
 Afterwards: every postback answered 200 (OK or DUP) has its event with the right user and
 amount, no provider ID has two events or two OK answers, every wallet holds what its events make
 under the money rules (a reversal takes back at most its credit, and one that arrives before its
-credit waits for it), and `python -m service verify` exits 0. Exit 0 when nothing was lost, 1
+credit waits for it; debits and captures take away, internal credits add), every spending request
+answered 2xx has its one event (and none answered 409 has one), no retry was answered 422, every
+replay is byte for byte the first answer, no wallet that never had a chargeback ever had less
+than zero available, and `python -m service verify` exits 0. Exit 0 when nothing was lost, 1
 otherwise, 2 when the scenario itself could not run.
 
     python ops/chaos/crash.py                      # 20 kills, 1 postmaster kill, 2 workers
@@ -33,7 +40,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `ops.chaos` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ops.chaos import common
+from ops.chaos import common, spendload
 from ops.chaos.common import ChaosError, Report, Sent
 
 NAME = "crash"
@@ -56,6 +63,9 @@ class Options:
     settle: float = 2.0
     recovery_limit: float = 30.0  # seconds the service gets to serve again by itself
     readers: bool = True  # also read the API and /readyz throughout (internal services do)
+    spend_concurrency: int = 4  # spending clients (0: none)
+    spend_rate: float = 60.0  # spending operations/s at most
+    spend_users: int = 20  # wallets only the spending key credits (and a few postback users)
 
 
 @dataclass
@@ -90,6 +100,15 @@ async def scenario(
         rate=opts.rate,
         seed=opts.seed,
     )
+    spendload.add_key(service.config)
+    spender = spendload.SpendLoad(
+        service.url,
+        own_users=opts.spend_users,
+        shared_users=generator.users[: max(1, opts.spend_users // 4)],
+        concurrency=opts.spend_concurrency,
+        rate=opts.spend_rate,
+        seed=opts.seed,
+    )
     auth = {"Authorization": f"Bearer {common.READ_KEY}"}
     readers = [
         common.Poller(f"{service.url}/readyz", interval=0.1),
@@ -109,7 +128,7 @@ async def scenario(
         first_start = await service.start()
         say(f"service ready in {first_start:.2f} s at {service.url} ({opts.workers} worker(s))")
         load_started = time.monotonic()
-        async with common.load(generator):
+        async with common.load(generator), spendload.running(spender):
             for reader in readers:
                 reader.start()
             await asyncio.sleep(opts.warmup)
@@ -134,17 +153,25 @@ async def scenario(
             for reader in readers:
                 await reader.stop()
             load_seconds = time.monotonic() - load_started
-        say(f"load stopped: {len(generator.records)} requests in {load_seconds:.1f} s")
+        say(
+            f"load stopped: {len(generator.records)} postbacks, {len(spender.ops)} spending"
+            f" requests in {load_seconds:.1f} s"
+        )
         code = await asyncio.to_thread(service.stop)
         say(f"service stopped (SIGTERM): exit code {code}")
         audit = await common.audit(
             dsn, generator.records, service.config, len(generator.pending_at_end)
         )
+        spent = await spendload.audit(dsn, spender.ops, len(spender.pending_at_end))
+        # The postback audit's wallets know no spending; this check covers every wallet, its
+        # postbacks under the same money rules, and the debits, captures and internal credits.
+        audit.wallets_off = spent.wallets_off
     finally:
         for reader in readers:
             await reader.stop()
         await asyncio.to_thread(service.stop)
         generator.dump(log_dir / "requests.jsonl", t0)
+        spender.dump(log_dir / "spending.jsonl", t0)
         for name, reader in zip(("readyz", "events", "wallet"), readers, strict=False):
             common.dump_probes(reader.probes, log_dir / f"reads-{name}.jsonl", t0)
 
@@ -185,10 +212,22 @@ async def scenario(
         api_500 = sum(1 for p in probes if p.status == 500)
         report.add("API and /readyz reads", f"{len(probes)}: {_counts(statuses)}")
         report.add("  answered 500 (instead of 503)", api_500, api_500 == 0, "0")
+    if opts.spend_concurrency:
+        report.add(
+            "spending load",
+            f"{opts.spend_concurrency} clients, {opts.spend_rate:g}/s cap,"
+            f" {len(spender.users)} users ({len(spender.own)} funded only by the spending key)",
+        )
     common.report_audit(report, audit)
+    if opts.spend_concurrency:
+        spendload.report(report, spent)
     common.report_logs(report, service)
-    report.data.update(audit=audit, restarts=restarts, postmaster_kills=pg_kills)
-    report.note(f"every request: {log_dir / 'requests.jsonl'}; service logs: {log_dir}")
+    report.data.update(audit=audit, spending=spent, spending_ops=spender.ops)
+    report.data.update(restarts=restarts, postmaster_kills=pg_kills)
+    report.note(
+        f"every request: {log_dir / 'requests.jsonl'}, {log_dir / 'spending.jsonl'};"
+        f" service logs: {log_dir}"
+    )
     return report
 
 
@@ -289,6 +328,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=d.workers, help="serve --workers (default 2)")
     p.add_argument("--rate", type=float, default=d.rate, help="requests/s cap (default 300)")
     p.add_argument("--concurrency", type=int, default=d.concurrency, help="clients (default 16)")
+    p.add_argument(
+        "--spend-clients",
+        type=int,
+        default=d.spend_concurrency,
+        help="spending clients (default 4; 0: no spending)",
+    )
+    p.add_argument(
+        "--spend-rate",
+        type=float,
+        default=d.spend_rate,
+        help="spending requests/s cap (default 60)",
+    )
     return p
 
 
@@ -302,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         rate=args.rate,
         concurrency=args.concurrency,
+        spend_concurrency=args.spend_clients,
+        spend_rate=args.spend_rate,
         users=args.users,
         seed=args.seed,
     )
