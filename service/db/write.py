@@ -201,7 +201,12 @@ async def _append(
     admitted = {k: resolved.get(k, p) for k, p in candidates.items() if k not in refused}
     plan = await _plan(conn, spends)
     written = {**admitted, **plan.events}  # API key names are never provider names
-    ordered = [written[k] for k in sorted(written)]
+    # Positions in the order things were decided: the spending events first, in the order the
+    # plan decided them (a debit may rest on a credit just before it), then the postbacks',
+    # which apply after them. The postbacks' go sorted by key, so that two batches inserting the
+    # same keys wait on them in one order; no two batches can insert the same spending key,
+    # since each is inserted under its user's or its Idempotency-Key's lock.
+    ordered = [*plan.events.values(), *(admitted[k] for k in sorted(admitted))]
 
     inserted: dict[Key, int] = {}
     rows_of: dict[Key, asyncpg.Record] = {}

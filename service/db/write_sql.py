@@ -53,8 +53,8 @@ WHERE (s.provider, s.link) IN (SELECT * FROM unnest($1::text[], $2::text[]))
        AND (s.provider, s.click) IN (SELECT * FROM unnest($3::text[], $4::text[])))
 """
 
-# The unique constraint decides what is new; rows it skips are looked up afterwards. Rows arrive
-# sorted by key, so two batches sharing keys wait on them in the same order.
+# The unique constraint decides what is new; rows it skips are looked up afterwards. Positions
+# are handed out in the rows' order (write.py: the order things were decided).
 INSERT = """
 INSERT INTO events (provider, key, type, user_id, amount, provider_ref, test, data)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[],

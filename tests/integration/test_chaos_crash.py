@@ -23,14 +23,6 @@ from ops.chaos import common, crash, spendload
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _problems(report: common.Report) -> list[str]:
-    """The report's violations, but one the service has today: within one write batch it
-    records events in the order of their keys, not in the order it decided them, so a debit or
-    hold decided after a credit of the same batch can precede that credit in the log (available
-    below zero replaying the log, never in an answer nor at the end). `make chaos` reports it."""
-    return [p for p in report.problems if not p.startswith(spendload.LOG_ORDER)]
-
-
 @pytest.fixture(scope="module")
 def dedicated() -> Iterator[common.Postgres]:
     """An embedded PostgreSQL of this module's own, which it may kill."""
@@ -54,7 +46,7 @@ async def test_service_killed_three_times_under_load_loses_nothing(
         kills=3, pg_kills=0, workers=1, gap_min=0.3, gap_max=0.8, rate=150, concurrency=8
     )
     report = await crash.scenario(database_url, None, opts, tmp_path, common.Say("crash-a"))
-    assert not _problems(report), report.render()
+    assert not report.problems, report.render()
     audit: common.Audit = report.data["audit"]
     assert len(report.data["restarts"]) == 3
     assert audit.acknowledged > 0 and audit.events > 0
@@ -81,7 +73,7 @@ async def test_postmaster_killed_under_load_recovers_and_loses_nothing(
         recovery_limit=20,
     )
     report = await crash.scenario(dsn, dedicated, opts, tmp_path, common.Say("crash-b"))
-    assert not _problems(report), report.render()
+    assert not report.problems, report.render()
     (kill,) = report.data["postmaster_kills"]
     assert not kill.restarted_service and kill.recovered_after is not None
     audit: common.Audit = report.data["audit"]

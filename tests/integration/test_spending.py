@@ -408,3 +408,35 @@ async def test_negative_wallets_are_gauged_and_spending_counted(client: Client) 
     assert float(samples["ledger_negative_balance_total"]) >= 9.5
     applied = 'ledger_spend_requests_total{operation="debit",outcome="applied"}'
     assert float(samples[applied]) >= 1
+
+
+async def test_the_log_keeps_the_order_a_batch_decided_in(
+    database_url: str, aiohttp_client: Any
+) -> None:
+    """A debit that a credit of the same batch made possible comes after that credit in the log
+    (whatever their Idempotency-Keys), so that reading the log in order never shows a debit
+    from an empty wallet."""
+    from service.app import create_app
+
+    settings = helpers.settings(database_url, writer={"batch_window_ms": 50.0, "max_inflight": 1})
+    client = await aiohttp_client(create_app(settings))
+    user = unique("order")
+
+    async def send(path: str, idempotency_key: str) -> int:
+        headers = {**SPEND_AUTH, "Idempotency-Key": idempotency_key}
+        resp = await client.post(path, data=b'{"amount": "10"}', headers=headers)
+        return resp.status
+
+    # Other users' credits keep the one writer busy, so that the next two share a batch.
+    busy = [
+        asyncio.create_task(send(f"/v1/wallets/{unique('busy')}/credits", unique("k")))
+        for _ in range(30)
+    ]
+    await asyncio.sleep(0.01)
+    credit = asyncio.create_task(send(f"/v1/wallets/{user}/credits", "z-credit"))
+    await asyncio.sleep(0.005)
+    debit = asyncio.create_task(send(f"/v1/wallets/{user}/debits", "a-debit"))
+    assert await asyncio.gather(credit, debit) == [201, 201]
+    await asyncio.gather(*busy)
+    resp = await client.get(f"/v1/wallets/{user}/events", headers=AUTH)
+    assert [e["type"] for e in (await resp.json())["events"]] == ["credited", "debited"]
