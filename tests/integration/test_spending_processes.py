@@ -237,6 +237,30 @@ async def test_one_idempotency_key_twenty_times_to_both_processes(
     assert (w["balance"], w["held"], w["available"]) == ("94.50", "3", "91.50")
 
 
+async def test_one_key_with_two_bodies_to_both_processes_applies_one(
+    servers: list[str], session: aiohttp.ClientSession, pool: asyncpg.Pool
+) -> None:
+    user = await fund(session, servers[0], "100")
+    key, path = str(uuid.uuid4()), f"/v1/wallets/{user}/debits"
+    bodies = [{"amount": "1"}, {"amount": "2"}]
+    answers = await asyncio.gather(
+        *(send(session, servers[i % 2], path, bodies[(i // 2) % 2], key) for i in range(20))
+    )
+    applied = {raw for status, raw, _ in answers if status == 201}
+    assert len(applied) == 1
+    amount = json.loads(applied.pop())["debit"]["amount"]
+    sent = [bodies[(i // 2) % 2]["amount"] for i in range(20)]
+    statuses = [status for status, _, _ in answers]
+    # Every copy of the winning body got its answer; every copy of the other one 422.
+    assert statuses == [201 if a == amount else 422 for a in sent]
+    count = await pool.fetchval(
+        "SELECT count(*) FROM events WHERE provider = 'shop' AND key = $1", "request:" + key
+    )
+    assert count == 1
+    w = await check_books(pool, session, servers[1], user)
+    assert Decimal(w["balance"]) == 100 - Decimal(amount)
+
+
 async def test_holds_and_their_capture_or_void_across_processes(
     servers: list[str], session: aiohttp.ClientSession, pool: asyncpg.Pool
 ) -> None:
