@@ -283,3 +283,41 @@ async def test_a_repeat_of_a_refused_debit_gets_the_refusal_again(client: Client
     assert (await client.get("/postbacks/medioot", params=medioot(user, unique("tx"), "10"))).ok
     again = await client.post(f"/v1/wallets/{user}/debits", data=body, headers=headers)
     assert (again.status, await again.read()) == (409, await first.read())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="within one batch a user's events get their positions in key order, not in the order"
+    " they were decided: a debit funded by a credit of the same batch can come before it",
+)
+async def test_a_wallets_history_never_runs_below_zero_without_a_chargeback(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    """An internal credit and a debit it funds, sent together for many users (so that the
+    write path batches them): replayed in position order, no balance ever dips below zero."""
+    users = [unique("order") for _ in range(40)]
+
+    async def post(user: str, kind: str, key: str) -> int:
+        headers = {**SPEND_AUTH, "Idempotency-Key": key}
+        resp = await client.post(
+            f"/v1/wallets/{user}/{kind}", data=b'{"amount": "10"}', headers=headers
+        )
+        return resp.status
+
+    # The credit is sent first; its key sorts after the debit's.
+    calls = [
+        post(u, kind, f"{prefix}-{u}")
+        for u in users
+        for kind, prefix in (("credits", "b"), ("debits", "a"))
+    ]
+    await asyncio.gather(*calls)  # a debit decided before its credit was refused: fine
+    lowest: dict[str, Decimal] = {}
+    for user in users:
+        running, low = ZERO, ZERO
+        for event in await events_of(pool, user):
+            moved = wallet.alone(event)
+            running += moved.credited - moved.reversed - moved.debited
+            low = min(low, running)
+        lowest[user] = low
+    assert {u: low for u, low in lowest.items() if low < 0} == {}
