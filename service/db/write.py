@@ -93,17 +93,19 @@ class Spent:
 
 @dataclass(frozen=True, slots=True)
 class Spend:
-    """One spending request; `render` gives its answer (status, body) once it applied, and
-    that answer is stored for the repeats of its Idempotency-Key."""
+    """One spending request; `render` gives its answer (status, body) once decided, applied or
+    refused, and that answer is stored for the repeats of its Idempotency-Key."""
 
     command: spending.Command
-    render: Callable[[Spent], tuple[int, bytes]] | None = None
+    render: Callable[[Spent | spending.Refusal], tuple[int, bytes]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SpendReceipt:
-    """The answer to a spending request: what it did (`spent`), a refusal, or a stored answer
-    given again (`replayed`); None of the three for an expiry with nothing left to do."""
+    """The answer to a spending request (`status`, `body`): what it did (`spent`), a refusal,
+    or a stored answer given again (`replayed`); none of the three for an expiry with nothing
+    left to do. `body` is empty only for a request without `render`, and for a refusal of its
+    Idempotency-Key (`spending.REUSED`, `EXPIRED_KEY`), which the caller renders."""
 
     status: int = 200
     body: bytes = b""
@@ -449,8 +451,8 @@ async def _plan(conn: asyncpg.Connection, spends: list[Spend]) -> _Plan:
             if decided.hold is not None:
                 states[c.hold_id] = decided.hold
                 plan.holds[c.hold_id] = (decided.hold, (event.provider, event.key))
-            if c.idempotency_key is not None:
-                firsts[name] = i
+        if c.idempotency_key is not None and decided is not None:
+            firsts[name] = i  # its answer, an effect's or a refusal's, is the key's
         plan.outcomes.append(decided)
     return plan
 
@@ -491,17 +493,29 @@ def _answer_spends(spends: list[Spend], plan: _Plan, rows: dict[Key, asyncpg.Rec
             receipt = SpendReceipt(first.status, first.body, replayed=True)
         elif isinstance(outcome, spending.Stored):
             receipt = SpendReceipt(outcome.status, outcome.body, replayed=True)
-        elif isinstance(outcome, spending.Refusal):
+        elif outcome in (spending.REUSED, spending.EXPIRED_KEY):  # about the key: not stored
+            assert isinstance(outcome, spending.Refusal)
             receipt = SpendReceipt(outcome.status, refusal=outcome)
         elif outcome is None:
             receipt = SpendReceipt()
         else:
-            events = [_recorded(e, rows[(e.provider, e.key)]) for e in outcome.events]
-            at = events[0].recorded_at
-            spent = Spent(spend.command, events, outcome.account, outcome.hold, at)
-            status, body = (200, b"") if spend.render is None else spend.render(spent)
-            receipt = SpendReceipt(status, body, spent=spent)
-            if spend.command.idempotency_key is not None:
+            spent, refusal = None, None
+            if isinstance(outcome, spending.Decision):
+                events = [_recorded(e, rows[(e.provider, e.key)]) for e in outcome.events]
+                at = events[0].recorded_at
+                spent = Spent(spend.command, events, outcome.account, outcome.hold, at)
+            else:
+                refusal = outcome
+            result = spent or refusal
+            assert result is not None
+            status, body = (refusal.status if refusal else 200, b"")
+            if spend.render is not None:
+                status, body = spend.render(result)
+            receipt = SpendReceipt(status, body, spent=spent, refusal=refusal)
+            # The first answer to a key is kept, a refusal's too: a repeat gets the same answer
+            # even if, say, funds arrived meanwhile (a client told "refused" must not be charged
+            # by its own retry).
+            if spend.command.idempotency_key is not None and spend.render is not None:
                 answered.stored.append((spend.command, status, body))
         answered.receipts.append(receipt)
     return answered

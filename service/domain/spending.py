@@ -8,9 +8,9 @@ names, asks `decide`, and appends what it returns in the same transaction as pos
 - an internal credit always applies (a grant, or a refund of a cancelled order);
 - a hold is captured (whole or in part, the rest released) or voided only while it is live, and
   only by the API key that placed it; past `expires_at` the expiry sweep records its release;
-- every request carries an Idempotency-Key, scoped to its API key: the first answer is stored
-  with the request's fingerprint and given again to a repeat; the same key with another request
-  is refused (`REUSED`) and changes nothing.
+- every request carries an Idempotency-Key, scoped to its API key: the first answer, an
+  effect's or a refusal's, is stored with the request's fingerprint and given again to a
+  repeat; the same key with another request is refused (`REUSED`) and changes nothing.
 
 Events: `debited`, `credited`, `hold_placed` are keyed `request:<Idempotency-Key>` under the
 API key's name, so the events table's unique key makes a second effect impossible even once the

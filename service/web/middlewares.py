@@ -34,9 +34,13 @@ class ErrorBody(msgspec.Struct):
 _encode = msgspec.json.Encoder().encode
 
 
+def error_body(code: str, detail: str) -> bytes:
+    return _encode(ErrorBody(code, detail))
+
+
 def json_error(status: int, code: str, detail: str) -> web.Response:
     return web.Response(
-        status=status, body=_encode(ErrorBody(code, detail)), content_type="application/json"
+        status=status, body=error_body(code, detail), content_type="application/json"
     )
 
 

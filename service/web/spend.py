@@ -19,12 +19,12 @@ from ..db import read
 from ..db.write import Spend, Spent
 from ..domain import holds
 from ..domain.amounts import AmountError, format_amount, parse_amount
-from ..domain.spending import Command, Kind
+from ..domain.spending import Command, Kind, Refusal
 from ..providers.base import storable_json
 from ..writer import Overloaded
 from .api import EventBody, WalletBody, event_body, json_body, text_param
 from .auth import API_KEY, requires
-from .middlewares import ApiError, json_error
+from .middlewares import ApiError, error_body, json_error
 from .openapi import Operation, Param
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
@@ -121,9 +121,12 @@ def _wallet(spent: Spent) -> WalletBody:
     )
 
 
-def render(spent: Spent) -> tuple[int, bytes]:
-    """The answer to a request that applied: stored with its Idempotency-Key, so that every
-    repeat gets these very bytes."""
+def render(result: Spent | Refusal) -> tuple[int, bytes]:
+    """The answer to a request once decided, applied or refused: stored with its
+    Idempotency-Key, so that every repeat gets these very bytes."""
+    if isinstance(result, Refusal):
+        return result.status, error_body(result.code, result.detail)
+    spent = result
     kind, wallet = spent.command.kind, _wallet(spent)
     if kind is Kind.DEBIT:
         return 201, _encode(DebitAnswer(event_body(spent.events[0]), wallet))
@@ -274,11 +277,16 @@ async def _spend(request: web.Request, kind: Kind) -> web.Response:
     except Exception:
         metrics.SPEND.labels(operation=kind.value, outcome="unavailable").inc()
         raise
-    if receipt.refusal is not None:
-        metrics.SPEND.labels(operation=kind.value, outcome=receipt.refusal.code).inc()
-        return json_error(receipt.refusal.status, receipt.refusal.code, receipt.refusal.detail)
-    outcome = "replayed" if receipt.replayed else "applied"
+    refusal = receipt.refusal
+    if receipt.replayed:
+        outcome = "replayed"
+    elif refusal is not None:
+        outcome = "invalid" if refusal.status == 400 else refusal.code
+    else:
+        outcome = "applied"
     metrics.SPEND.labels(operation=kind.value, outcome=outcome).inc()
+    if not receipt.body and refusal is not None:  # a refusal of the key itself: not stored
+        return json_error(refusal.status, refusal.code, refusal.detail)
     response = json_body(receipt.status, receipt.body)
     if receipt.replayed:
         response.headers["Idempotent-Replayed"] = "true"

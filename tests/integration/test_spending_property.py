@@ -15,7 +15,6 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -266,11 +265,6 @@ async def test_any_interleaving_keeps_the_books(
     assert report.ok, report.differences
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a refusal is not stored with its Idempotency-Key: a repeat of the same request is"
-    " decided afresh, so a refused debit's retry can debit later",
-)
 async def test_a_repeat_of_a_refused_debit_gets_the_refusal_again(client: Client) -> None:
     """The Idempotency-Key's documented rule (OpenAPI): a repeat of the same request with the
     same key gets the first answer again, byte for byte, even when funds arrived meanwhile."""
@@ -285,12 +279,6 @@ async def test_a_repeat_of_a_refused_debit_gets_the_refusal_again(client: Client
     assert (again.status, await again.read()) == (409, await first.read())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="within one batch a user's events get their positions in key order, not in the order"
-    " they were decided: a debit funded by a credit of the same batch can come before it",
-)
 async def test_a_wallets_history_never_runs_below_zero_without_a_chargeback(
     client: Client, pool: asyncpg.Pool
 ) -> None:
