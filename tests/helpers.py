@@ -10,8 +10,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from service.db import read
 from service.db.connection import migrate, with_user
 from service.domain.chain import ChainKey
+from service.domain.events import Event
 from service.embedded import RUNTIME_ROLE
 from service.settings import Settings, parse
 
@@ -137,3 +139,8 @@ async def run_cli(
         raise
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def events_of(pool: Any, user: str) -> list[Event]:
+    """A user's events, oldest first, as the API reads them."""
+    return await read.wallet_events(pool, user, 0, 100_000)

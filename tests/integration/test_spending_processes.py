@@ -25,7 +25,7 @@ import asyncpg
 import pytest
 
 from service.domain import wallet
-from service.domain.events import Event, EventType
+from service.domain.events import EventType
 from tests import helpers
 from tests.helpers import MEDIOOT_SECRET, READ_KEY, SPEND_KEY, medioot, unique
 
@@ -135,30 +135,11 @@ async def wallet_of(session: aiohttp.ClientSession, base: str, user: str) -> dic
         return body
 
 
-async def events_of(pool: asyncpg.Pool, user: str) -> list[Event]:
-    rows = await pool.fetch("SELECT * FROM events WHERE user_id = $1 ORDER BY position", user)
-    return [
-        Event(
-            position=r["position"],
-            provider=r["provider"],
-            key=r["key"],
-            type=EventType(r["type"]),
-            user_id=r["user_id"],
-            amount=r["amount"],
-            provider_ref=r["provider_ref"],
-            test=r["test"],
-            data=r["data"],
-            recorded_at=r["recorded_at"],
-        )
-        for r in rows
-    ]
-
-
 async def check_books(
     pool: asyncpg.Pool, session: aiohttp.ClientSession, base: str, user: str
 ) -> Any:
     """The wallet row and the API agree with the fold of the user's events; the API's wallet."""
-    folded = wallet.fold(await events_of(pool, user))
+    folded = wallet.fold(await helpers.events_of(pool, user))
     row = await pool.fetchrow("SELECT * FROM wallets WHERE user_id = $1", user)
     assert row is not None
     assert (row["balance"], row["total_debited"], row["event_count"]) == (
@@ -185,7 +166,7 @@ async def test_debits_from_both_processes_never_overdraw(
     assert sorted(statuses) == [201] * 13 + [409] * 27, statuses
     w = await check_books(pool, session, servers[1], user)
     assert (w["balance"], w["total_debited"], w["available"]) == ("0.25", "9.75", "0.25")
-    events = await events_of(pool, user)
+    events = await helpers.events_of(pool, user)
     assert sum(1 for e in events if e.type is EventType.DEBITED) == 13
 
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from service.domain import wallet
 from service.domain.amounts import ZERO
-from service.domain.events import Event, EventType
+from service.domain.events import EventType
 from tests import helpers
 from tests.helpers import AUTH, SPEND_AUTH, medioot, unique
 
@@ -144,25 +144,6 @@ async def send(
         assert wallet_numbers(answered) == wallet_numbers(now), done
 
 
-async def events_of(pool: asyncpg.Pool, user: str) -> list[Event]:
-    rows = await pool.fetch("SELECT * FROM events WHERE user_id = $1 ORDER BY position", user)
-    return [
-        Event(
-            position=r["position"],
-            provider=r["provider"],
-            key=r["key"],
-            type=EventType(r["type"]),
-            user_id=r["user_id"],
-            amount=r["amount"],
-            provider_ref=r["provider_ref"],
-            test=r["test"],
-            data=r["data"],
-            recorded_at=r["recorded_at"],
-        )
-        for r in rows
-    ]
-
-
 @settings(
     max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -190,7 +171,7 @@ async def test_any_interleaving_keeps_the_books(
                 await send(client, run, one, alone=True)
         await asyncio.gather(*(send(client, run, p) for p in prepared))
 
-    events = await events_of(pool, run.user)
+    events = await helpers.events_of(pool, run.user)
     folded = wallet.fold(events)
     row = await pool.fetchrow("SELECT * FROM wallets WHERE user_id = $1", run.user)
     assert row is not None
@@ -303,7 +284,7 @@ async def test_a_wallets_history_never_runs_below_zero_without_a_chargeback(
     lowest: dict[str, Decimal] = {}
     for user in users:
         running, low = ZERO, ZERO
-        for event in await events_of(pool, user):
+        for event in await helpers.events_of(pool, user):
             moved = wallet.alone(event)
             running += moved.credited - moved.reversed - moved.debited
             low = min(low, running)
