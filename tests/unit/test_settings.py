@@ -214,9 +214,9 @@ def test_missing_required_provider_field() -> None:
 
 
 def test_unknown_protocol() -> None:
-    message = config_error({"providers": [medioot(protocol="tapjoy")]})
+    message = config_error({"providers": [medioot(protocol="nosuchwall")]})
     assert "providers[0].protocol" in message
-    assert "tapjoy" in message
+    assert "nosuchwall" in message
 
 
 @pytest.mark.parametrize("name", ["", "Medioot", "has space", "-leading", "a/b", "x" * 65])
