@@ -513,6 +513,15 @@ async def test_bitlabs_credit_duplicate_forgery(client: Client, pool: asyncpg.Po
     await nothing_for(client, pool, "bitlabs", other)
 
 
+async def test_bitlabs_hashes_the_url_as_sent(client: Client) -> None:
+    # "Do not encode/decode the URL before generating the hash": the percent-encoding as sent.
+    user, tx = f"{unique()}@example.com", unique("tx")
+    query = f"uid={quote(user, safe='')}&tx={tx}&val=7.25&offer_id=Offer%20One"
+    assert "%40" in query
+    assert await get_path(client, bitlabs_path(query)) == (200, "OK")
+    assert await balance(client, user) == Decimal("7.25")
+
+
 async def test_bitlabs_negative_value_reverses(client: Client) -> None:
     user, tx = unique(), unique("tx")
     assert (await get_path(client, bitlabs_path(f"uid={user}&tx={tx}&val=300")))[0] == 200
