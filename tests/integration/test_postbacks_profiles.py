@@ -155,7 +155,7 @@ def counter(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-# --- a template-signed GET wall ---------------------------------------------------------------
+# --- a template-signed GET wall -------------------------------------------------------------------
 
 
 async def test_credit_then_duplicate(client: Client, pool: asyncpg.Pool) -> None:
