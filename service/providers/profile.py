@@ -322,6 +322,10 @@ def compile_profile(profile: Profile, where: str, public_url: str = "") -> Compi
         raise settings.ConfigError(
             f"{where}.signature.template: only for over = template (over is {sig.over})"
         )
+    if sig.kind in ("hash", "hmac") and sig.over == "body" and "GET" in profile.methods:
+        raise settings.ConfigError(
+            f'{where}.methods: signature.over = body needs methods = ["POST"] (a GET has no body)'
+        )
     if sig.kind in ("hash", "hmac") and sig.over == "url" and not public_url:
         raise settings.ConfigError(
             "config: server.public_url: needed by signature.over = url"
@@ -508,12 +512,12 @@ class ProfileWall:
         if inbound.method not in p.methods:
             raise Invalid(f"method {inbound.method} not accepted: use {' or '.join(p.methods)}")
         pairs = raw_pairs(inbound)
-        found = named(pairs)
+        found = named(self._signed_part(pairs, len(inbound.query)))
         needed = [c.user, c.transaction, c.amount, *c.required]
         if c.status and not inbound.reversal:
             needed.append(c.status)
         require(found, needed)
-        signed, covers_amount = self._authenticate(provider, inbound, found, pairs)
+        signed, covers_amount = self._authenticate(provider, inbound, named(pairs), pairs)
 
         status = found.get(c.status, "") if c.status else ""
         if status and status in p.pending:
@@ -561,6 +565,20 @@ class ProfileWall:
             data=data,
             signed=signed,
         )
+
+    def _signed_part(self, pairs: list[tuple[str, str]], in_query: int) -> list[tuple[str, str]]:
+        """The parameters read: over the URL only the query's, over the body only the body's,
+        so that no value is read from a part of the request the signature does not cover."""
+        over = self.compiled.signature.over
+        if self.compiled.signature.kind not in ("hash", "hmac") or over in (
+            "template",
+            "sorted_query",
+        ):
+            return pairs
+        if over == "url":
+            return pairs[:in_query]
+        signature = self.compiled.signature_param
+        return [(n, v) for n, v in pairs[in_query:] if n.lower() != signature]
 
     def _authenticate(
         self,
@@ -706,16 +724,17 @@ def build(
     pairs = list(params.items())
 
     method = p.methods[0]
-    query = _query(pairs) if method == "GET" else ""
+    sig = compiled.signature
+    in_query = method == "GET" or (sig.over == "url" and sig.kind in ("hash", "hmac"))
+    query = _query(pairs) if in_query else ""
     body = b""
     content_type = ""
-    if method == "POST":
+    if not in_query:
         if p.simulate.body == "json":
             body, content_type = json.dumps(dict(pairs)).encode(), "application/json"
         else:
             body, content_type = urlencode(pairs).encode(), "application/x-www-form-urlencoded"
     headers: dict[str, str] = {}
-    sig = compiled.signature
     if sig.kind != "none":
         if sig.kind == "secret":
             signature = secret
@@ -735,7 +754,7 @@ def build(
             signature = sign(sig, data, secret)
         if compiled.signature_header:
             headers[compiled.signature_header] = signature
-        elif method == "GET" or sig.over in ("body", "url"):
+        elif in_query or sig.over == "body":
             query = "&".join(filter(None, (query, _query([(sig.param, signature)]))))
         elif p.simulate.body == "json":
             body = json.dumps({**dict(pairs), sig.param: signature}).encode()

@@ -487,3 +487,52 @@ def test_an_owner_without_a_runtime_url_is_refused() -> None:
 
 def test_the_dev_config_has_a_chain_key() -> None:
     assert len(load(ROOT / "ops" / "dev.toml", {}).chain_key()) >= 32
+
+
+# --- rotation, public_url ------------------------------------------------------------------------
+
+
+def test_secrets_replace_secret_newest_first() -> None:
+    settings = parse({"providers": [medioot(secrets=["new", "old"])]}, {})
+    assert settings.providers[0].secret_list() == ("new", "old")
+    assert parse({"providers": [medioot()]}, {}).providers[0].secret_list() == (SECRET,)
+    assert parse({"providers": [medioot(secret="", secrets=["a"])]}, {}).providers[
+        0
+    ].secret_list() == ("a",)
+
+
+def test_secrets_alone_satisfy_a_protocol_that_needs_a_secret() -> None:
+    parse({"providers": [medioot(secret="", secrets=["only"])]}, {})
+    assert "providers[0].secret: protocol medioot needs it" in config_error(
+        {"providers": [medioot(secret="", secrets=[])]}
+    )
+
+
+def test_an_empty_secret_in_the_list_is_refused() -> None:
+    assert "providers[0].secrets[1]: must not be empty" in config_error(
+        {"providers": [medioot(secrets=["a", ""])]}
+    )
+
+
+def test_url_tokens_rotate_and_are_checked_each() -> None:
+    adgate = {"name": "adgate", "protocol": "adgate_receipts"}
+    tokens = ["token-new-0123456789", "token-old-0123456789"]
+    settings = parse({"providers": [{**adgate, "url_tokens": tokens}]}, {})
+    assert settings.providers[0].token_list() == tuple(tokens)
+    message = config_error({"providers": [{**adgate, "url_tokens": [tokens[0], "short"]}]})
+    assert "providers[0].url_tokens[1]: use at least 16 characters" in message
+    assert "providers[0].url_token: protocol adgate_receipts needs it" in config_error(
+        {"providers": [adgate]}
+    )
+
+
+@pytest.mark.parametrize("url", ["https://ledger.example.com", "http://10.0.0.1:8080", ""])
+def test_public_url(url: str) -> None:
+    assert parse({"server": {"public_url": url}}, {}).server.public_url == url
+
+
+@pytest.mark.parametrize("url", ["ledger.example.com", "ftp://x", "https://x?y=1", "https://"])
+def test_public_url_must_be_scheme_and_host(url: str) -> None:
+    assert "server.public_url: must be http(s)://host" in config_error(
+        {"server": {"public_url": url}}
+    )
