@@ -12,7 +12,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
+import os
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus, urlencode
 
@@ -784,3 +787,85 @@ async def test_lootably_unknown_status_credits_nothing(client: Client, pool: asy
     user = unique()
     assert (await get(client, "lootably", lootably(user, "5", unique("tx"), status="7")))[0] == 400
     await nothing_for(client, pool, "lootably", user)
+
+
+# --- setup and simulate ------------------------------------------------------------------------
+
+CLI_WALLS = ("tapjoy", "ironsource", "bitlabs", "ayetstudios", "pollfish", "lootably")
+
+
+def walls_config(tmp_path: Path, settings: Settings) -> str:
+    """The six walls as an operator would configure them (JSON strings are TOML strings)."""
+    lines = [f"[server]\npublic_url = {json.dumps(BITLABS_PUBLIC)}\n"]
+    for provider in settings.providers:
+        if provider.name not in CLI_WALLS:
+            continue
+        lines += [
+            "[[providers]]",
+            f"name = {json.dumps(provider.name)}",
+            f"protocol = {json.dumps(provider.protocol)}",
+            f"secret = {json.dumps(provider.secret)}",
+        ]
+        if provider.allowed_ips:
+            lines.append(f"allowed_ips = {json.dumps(provider.allowed_ips)}")
+        lines.append("")
+    path = tmp_path / "walls-a.toml"
+    path.write_text("\n".join(lines))
+    return str(path)
+
+
+async def run(*args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "LEDGER_CONFIG")}
+    return await helpers.run_cli(*args, env=env, limit=60)
+
+
+SETUP_URLS = {
+    "tapjoy": "/postbacks/tapjoy",
+    "ironsource": "/postbacks/ironsource?user_id=[USER_ID]&rewards=[REWARDS]"
+    "&event_id=[EVENT_ID]&item_name=[ITEM_NAME]",
+    "bitlabs": "/postbacks/bitlabs?uid=[%USER:UID%]&tx=[%TX%]&val=[%VALUE:CURRENCY%]"
+    "&usd=[%VALUE:USD%]&ref=[%REF%]&offer_id=[%OFFER:ID%]",
+    "ayetstudios": "/postbacks/ayetstudios?transaction_id={transaction_id}"
+    "&external_identifier={external_identifier}&currency_amount={currency_amount}"
+    "&payout_usd={payout_usd}&is_chargeback={is_chargeback}"
+    "&placement_identifier={placement_identifier}&adslot_id={adslot_id}"
+    "&chargeback_reason={chargeback_reason}",
+    "pollfish": "/postbacks/pollfish?request_uuid=[[request_uuid]]&tx_id=[[tx_id]]"
+    "&reward_value=[[reward_value]]&cpa=[[cpa]]&timestamp=[[timestamp]]"
+    "&signature=[[signature]]",
+    "lootably": "/postbacks/lootably?user_id={userID}&transaction_id={transactionID}&ip={ip}"
+    "&revenue={revenue}&currency_reward={currencyReward}&status={status}&offer_id={offerID}"
+    "&offer_name={offerName}&goal_id={goalID}&hash={hash}",
+}
+
+
+async def test_setup_prints_each_walls_url(tmp_path: Path, profiles_settings: Settings) -> None:
+    config = walls_config(tmp_path, profiles_settings)
+    base = "https://ledger.example.com"
+    for name, url in SETUP_URLS.items():
+        code, out, err = await run("setup", name, "--base-url", base, "--config", config)
+        assert (code, err) == (0, ""), (name, out, err)
+        lines = out.splitlines()
+        assert lines[0] == base + url, name
+        assert any(line.startswith("secret: ") and "dashboard" in line for line in lines), name
+    code, out, _ = await run("setup", "pollfish", "--base-url", base, "--config", config)
+    reversals = SETUP_URLS["pollfish"].replace("?", "/reversal?", 1)
+    assert out.splitlines()[1] == f"reversals: {base}{reversals}"
+
+
+@pytest.mark.parametrize("name", CLI_WALLS)
+async def test_simulate_credits_and_reverses(
+    client: Client, tmp_path: Path, profiles_settings: Settings, name: str
+) -> None:
+    config = walls_config(tmp_path, profiles_settings)
+    url = str(client.make_url("")).rstrip("/")
+    user, tx = unique(), unique("tx")
+    common = ("--user", user, "--transaction", tx, "--url", url, "--config", config)
+    code, out, err = await run("simulate", name, "--amount", "12.50", *common)
+    assert code == 0, (out, err)
+    assert await balance(client, user) == Decimal("12.50")
+    if name == "tapjoy":  # no reversals
+        return
+    code, out, err = await run("simulate", name, "--amount", "12.50", "--reverse", *common)
+    assert code == 0, (out, err)
+    assert await balance(client, user) == Decimal(0)
