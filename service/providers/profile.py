@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
-from urllib.parse import quote, unquote_plus, urlencode
+from urllib.parse import parse_qsl, quote, unquote_plus, urlencode
 
 import msgspec
 
@@ -514,7 +514,7 @@ class ProfileWall:
         pairs = raw_pairs(inbound)
         found = named(self._signed_part(pairs, len(inbound.query)))
         needed = [c.user, c.transaction, c.amount, *c.required]
-        if c.status and not inbound.reversal:
+        if c.status and p.credit and not inbound.reversal:
             needed.append(c.status)
         require(found, needed)
         signed, covers_amount = self._authenticate(provider, inbound, named(pairs), pairs)
@@ -525,10 +525,10 @@ class ProfileWall:
         test = bool(status) and status in p.test
         if inbound.reversal:
             reversal = True
-        elif not c.status or status in p.credit or test:
-            reversal = False
-        elif status in p.reversal:
+        elif status and status in p.reversal:
             reversal = True
+        elif not c.status or not p.credit or status in p.credit or test:
+            reversal = False  # with `credit = []`, every status not listed otherwise credits
         else:
             known = [*p.credit, *p.reversal, *p.test, *p.pending]
             raise Invalid(f"{c.status} must be one of {', '.join(known)}")
@@ -662,8 +662,6 @@ class Built:
 
     def inbound(self, reversal: bool = False) -> Inbound:
         """The request as the engine sees it once received."""
-        from urllib.parse import parse_qsl
-
         _, _, query = self.path.partition("?")
         return Inbound(
             method=self.method,
@@ -713,9 +711,7 @@ def build(
             params[compiled.amount] = f"-{amount}"
         if p.reversal_prefix:
             params[compiled.transaction] = p.reversal_prefix + transaction
-    if compiled.status and compiled.status not in params:
-        if not p.credit:
-            raise ValueError("this profile names no status value that credits")
+    if compiled.status and compiled.status not in params and p.credit:
         params[compiled.status] = p.credit[0]
     for key, value in {**p.simulate.values, **(values or {})}.items():
         params.setdefault(key.lower(), value)

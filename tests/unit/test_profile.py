@@ -316,6 +316,14 @@ def test_statuses() -> None:
         w.normalise(provider, get(query()))
 
 
+def test_without_credit_values_every_other_status_credits() -> None:
+    w, provider = wall({**STATUSES, "credit": []})
+    assert w.normalise(provider, get(query(state="anything"))).type is EventType.CREDITED
+    assert w.normalise(provider, get(query())).type is EventType.CREDITED
+    assert w.normalise(provider, get(query(state="2"))).type is EventType.REVERSED
+    assert w.normalise(provider, get(query(state="9"))).test
+
+
 def test_a_reversal_of_an_unsigned_amount_takes_the_whole_credit() -> None:
     w, provider = wall({**STATUSES, "signature": {"template": "{id}{secret}", "param": "verifier"}})
     q = query(state="2", verifier=md5(f"t1{SECRET}"))
