@@ -429,11 +429,6 @@ async def test_ironsource_forgery_is_refused(client: Client, pool: asyncpg.Pool)
     await nothing_for(client, pool, "ironsource", user)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a status parameter must be present on every postback: a flag that only some"
-    " postbacks carry (negativeCallback=true) cannot be the status",
-)
 async def test_ironsource_negative_callback_takes_the_reward_back(
     client: Client, pool: asyncpg.Pool
 ) -> None:
@@ -546,11 +541,6 @@ async def test_bitlabs_reconciliation_by_ref_reverses(client: Client) -> None:
     assert await balance(client, user) == Decimal(0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a status parameter must be present on every postback: a flag that only some"
-    " postbacks carry (debug=true) cannot be the status",
-)
 async def test_bitlabs_tester_debug_moves_nothing(client: Client, pool: asyncpg.Pool) -> None:
     user, tx = unique(), unique("tx")
     assert await get_path(client, bitlabs_path(f"uid={user}&tx={tx}&val=50&debug=true")) == (
@@ -717,11 +707,6 @@ async def test_pollfish_reconciliation_endpoint_reverses(
     assert [r["type"] for r in await events(pool, "pollfish", tx)] == ["credited", "reversed"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a status parameter must be present on every postback: a flag that only some"
-    " postbacks carry (debug=true) cannot be the status",
-)
 async def test_pollfish_debug_moves_nothing(client: Client, pool: asyncpg.Pool) -> None:
     user, tx = unique(), unique("tx")
     params = pollfish(user, "80", tx)
