@@ -1,4 +1,4 @@
-"""Command line: serve, migrate, verify, rebuild, checkpoint."""
+"""Command line: serve, migrate, verify, rebuild, checkpoint, setup, simulate."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .db import Unavailable, connection
 from .domain.chain import ChainKey
 from .domain.checkpoint import Checkpoint, CheckpointError
 from .embedded import EmbeddedError
-from .settings import ConfigError, Settings, load
+from .settings import ConfigError, Provider, Settings, load
 from .text import one_line
 
 if TYPE_CHECKING:
@@ -45,6 +45,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.add_parser(
         "checkpoint", help="verify, then print a signed digest of every chain head (keep it away)"
+    )
+    setup = commands.add_parser(
+        "setup", help="print the postback URL to paste into a wall's dashboard, and what else to do"
+    )
+    setup.add_argument("provider", help="the provider's name")
+    setup.add_argument(
+        "--base-url", required=True, help="where the walls reach the service, e.g. https://host"
+    )
+    simulate = commands.add_parser(
+        "simulate", help="send a postback built and signed as the provider's wall would"
+    )
+    simulate.add_argument("provider", help="the provider's name")
+    simulate.add_argument("--user", required=True, help="the user id")
+    simulate.add_argument("--amount", required=True, help="the amount, e.g. 10.50")
+    simulate.add_argument("--reverse", action="store_true", help="send the reversal")
+    simulate.add_argument("--transaction", default="", help="the transaction id (default: new)")
+    simulate.add_argument(
+        "--url", help="the service's address (default: http://server.host:server.port)"
     )
     for command in commands.choices.values():
         command.add_argument("--config", help="TOML file (default: $LEDGER_CONFIG)")
@@ -77,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 _check_ports(settings, port)
                 return supervise(settings, config, host, port, args.workers)
             return _serve(settings, args.host, args.port, reuse_port=args.worker)
+        if args.command == "setup":
+            return _setup(settings, args)
         return asyncio.run(_COMMANDS[args.command](settings, args))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -247,7 +267,61 @@ def _print_report(report: Report, file: TextIO | None = None) -> int:
     return 0 if report.ok else 1
 
 
+def _provider(settings: Settings, name: str) -> Provider:
+    provider = settings.provider(name)
+    if provider is None:
+        names = ", ".join(p.name for p in settings.providers) or "none configured"
+        raise ConfigError(f"no provider named {name!r} (providers: {names})")
+    return provider
+
+
+def _setup(settings: Settings, args: argparse.Namespace) -> int:
+    from .providers.setup import setup_lines
+
+    provider = _provider(settings, args.provider)
+    for line in setup_lines(provider, settings.server, args.base_url):
+        print(line)
+    return 0
+
+
+async def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    import aiohttp
+    from yarl import URL
+
+    from .providers.setup import simulated
+
+    provider = _provider(settings, args.provider)
+    try:
+        built = simulated(
+            provider,
+            settings.server,
+            user=args.user,
+            amount=args.amount,
+            transaction=args.transaction,
+            reverse=args.reverse,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"simulate {provider.name}: {exc}") from None
+    base = args.url or f"http://{settings.server.host}:{settings.server.port}"
+    url = URL(base.rstrip("/") + built.path, encoded=True)
+    headers = dict(built.headers)
+    if built.content_type:
+        headers["Content-Type"] = built.content_type
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+            session.request(built.method, url, headers=headers, data=built.body or None) as resp,
+        ):
+            body = await resp.text()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        print(f"error: simulate: {built.method} {base}: {one_line(str(exc))}", file=sys.stderr)
+        return 1
+    print(f"{built.method} {built.path.partition('?')[0]}: {resp.status} {one_line(body)}")
+    return 0 if resp.status < 400 else 1
+
+
 _COMMANDS = {
+    "simulate": _simulate,
     "migrate": _migrate,
     "verify": _verify,
     "rebuild": _rebuild,

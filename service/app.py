@@ -114,7 +114,10 @@ def create_app(settings: Settings, *, migrate: bool = True) -> web.Application:
     app[keys.MIGRATE] = migrate
     app[keys.WALLS] = Walls.from_settings(settings)
     app[keys.API_KEYS] = ApiKeys(settings.api_keys)
-    metrics.initialise(p.name for p in settings.providers)
+    metrics.initialise(
+        (p.name for p in settings.providers),
+        ((p.name, max(len(p.secret_list()), len(p.token_list()))) for p in settings.providers),
+    )
     app[keys.EXPOSITION] = metrics.SharedExposition(settings.server.metrics_max_age)
     app.cleanup_ctx.append(_database)
     add_routes(app)

@@ -36,6 +36,12 @@ SIGNATURE_FAILURES = Counter(
     "Postbacks refused by authentication, by provider and reason",
     ["provider", "reason"],
 )
+SECRET_USED = Counter(
+    "ledger_postback_secret_used_total",
+    "Authenticated postbacks by the position (1 = newest) of the secret or URL token that"
+    " matched, for rotating them",
+    ["provider", "secret"],
+)
 POSTBACK_DURATION = Histogram(
     "ledger_postback_duration_seconds",
     "Time to handle one postback, from request to answer",
@@ -129,9 +135,13 @@ class SharedExposition:
 AUTH_REASONS = ("signature", "token", "source_ip", "replay")
 
 
-def initialise(providers: Iterable[str]) -> None:
+def initialise(providers: Iterable[str], secrets: Iterable[tuple[str, int]] = ()) -> None:
     """Create every series at zero so that rates and alerts see a provider before its first
-    postback (an absent series is not a zero rate)."""
+    postback (an absent series is not a zero rate). `secrets`: (provider, how many secrets or
+    URL tokens it has)."""
+    for provider, count in secrets:
+        for position in range(1, count + 1):
+            SECRET_USED.labels(provider=provider, secret=str(position))
     for provider in providers:
         for outcome in Outcome:
             POSTBACKS.labels(provider=provider, outcome=outcome.value)

@@ -56,6 +56,9 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Seconds one rendering of /metrics is served to every scrape (service/metrics.py). Scrapes
     # come every 15 s or so; bounding renders bounds what a flood of scrapes can cost.
     metrics_max_age: float = 1.0
+    # Scheme and host the walls call (e.g. "https://ledger.example.com"): what a wall profile
+    # signing the whole URL (signature.over = "url") computes its signature with.
+    public_url: str = ""
 
 
 class Database(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -105,11 +108,28 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     name: str
     protocol: str
     secret: str = ""
+    # Rotation: every secret (or URL token) listed is accepted, newest first; when given, the
+    # list replaces `secret` (`url_token`).
+    secrets: list[str] = []
     url_token: str = ""
+    url_tokens: list[str] = []
     allowed_ips: list[str] = []
     # The largest amount one postback may carry (a string holding an exact decimal, or an
     # integer); above it the postback is refused, so a captured URL cannot become any sum.
     max_amount: str | int | None = None
+    # A wall profile (service/providers/profile.py): the whole profile for protocol "custom",
+    # else overrides of the built-in profile's keys (tables merge key by key).
+    profile: dict[str, Any] | None = None
+
+    def secret_list(self) -> tuple[str, ...]:
+        """The secrets a postback may be signed with, newest first."""
+        return tuple(self.secrets) if self.secrets else ((self.secret,) if self.secret else ())
+
+    def token_list(self) -> tuple[str, ...]:
+        """The URL tokens a postback may carry, newest first."""
+        if self.url_tokens:
+            return tuple(self.url_tokens)
+        return (self.url_token,) if self.url_token else ()
 
     def amount_limit(self) -> Decimal | None:
         """`max_amount` as an exact decimal (checked by `_validate`)."""
@@ -218,6 +238,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("config: server.metrics_max_age: must be from 0 to 60 seconds")
     if not (0 < server.read_timeout <= 300 and 0 < server.keepalive_timeout <= 3600):
         raise ConfigError("config: server.read_timeout/keepalive_timeout: must be positive seconds")
+    if server.public_url and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", server.public_url):
+        raise ConfigError(
+            "config: server.public_url: must be http(s)://host[:port], e.g."
+            " https://ledger.example.com"
+        )
     if server.max_body_bytes < 1:
         raise ConfigError("config: server.max_body_bytes: must be a positive number of bytes")
     for i, cidr in enumerate(server.trusted_proxies):
@@ -265,19 +290,32 @@ def _validate(settings: Settings) -> None:
         if p.name in seen:
             raise ConfigError(f"config: {where}.name: provider {p.name!r} is defined twice")
         seen.add(p.name)
-        from .providers.registry import PROTOCOLS  # the registry imports this module
+        # The registry and the profiles import this module.
+        from .providers.profile import check_provider
+        from .providers.registry import PROTOCOLS, protocol_names
 
-        if p.protocol not in PROTOCOLS:
+        if p.protocol not in protocol_names():
             raise ConfigError(
-                f"config: {where}.protocol: {p.protocol!r} is not one of {', '.join(PROTOCOLS)}"
+                f"config: {where}.protocol: {p.protocol!r} is not one of"
+                f" {', '.join(protocol_names())}"
             )
-        for needed in PROTOCOLS[p.protocol].REQUIRED_SETTINGS:
-            if not getattr(p, needed):
-                raise ConfigError(f"config: {where}.{needed}: protocol {p.protocol} needs it")
-        if p.url_token and not re.fullmatch(r"[A-Za-z0-9_-]{16,}", p.url_token):
-            raise ConfigError(
-                f"config: {where}.url_token: use at least 16 characters of A-Z a-z 0-9 - _"
-            )
+        for j, secret in enumerate(p.secrets):
+            if not secret:
+                raise ConfigError(f"config: {where}.secrets[{j}]: must not be empty")
+        for j, token in enumerate(p.url_tokens):
+            _token(token, f"{where}.url_tokens[{j}]")
+        if p.url_token:
+            _token(p.url_token, f"{where}.url_token")
+        if p.protocol in PROTOCOLS:
+            if p.profile is not None:
+                raise ConfigError(
+                    f"config: {where}.profile: protocol {p.protocol} is not a wall profile"
+                )
+            for needed in PROTOCOLS[p.protocol].REQUIRED_SETTINGS:
+                if not (p.secret_list() if needed == "secret" else p.token_list()):
+                    raise ConfigError(f"config: {where}.{needed}: protocol {p.protocol} needs it")
+        else:
+            check_provider(p, server, where)
         for j, cidr in enumerate(p.allowed_ips):
             _network(cidr, f"{where}.allowed_ips[{j}]")
         if p.max_amount is not None:
@@ -325,6 +363,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("config: spend.idempotency_days: must be from 0 (excluded) to 3650")
     if not 0 < spend.sweep_seconds <= 3600:
         raise ConfigError("config: spend.sweep_seconds: must be from 0 (excluded) to 3600")
+
+
+def _token(token: str, where: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{16,}", token):
+        raise ConfigError(f"config: {where}: use at least 16 characters of A-Z a-z 0-9 - _")
 
 
 def _network(text: str, where: str) -> Network:

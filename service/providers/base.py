@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from .. import settings
+from .. import metrics, settings
 from ..domain.events import AuthReason, Outcome, Postback
 from ..text import one_line
 
@@ -44,6 +44,12 @@ class Inbound:
     content_type: str
     body: bytes
     client_ip: IPAddress | None
+    # Request headers (a wall profile may carry its signature in one; never logged), the path
+    # and query exactly as received (what `signature.over = "url"` signs), and whether the
+    # request came to the wall's reversal endpoint (`/postbacks/<name>/reversal`).
+    headers: tuple[tuple[str, str], ...] = ()
+    raw_path: str = ""
+    reversal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,17 @@ class TooLarge(Refused):
 class TooSlow(Refused):
     outcome = Outcome.INVALID
     status = 408
+
+
+class Acknowledged(Refused):
+    """A postback answered as accepted that records no event (a wall's "pending" status): the
+    postback log keeps it with outcome `ignored`."""
+
+    outcome = Outcome.IGNORED
+
+    def __init__(self, detail: str, status: int = 200) -> None:
+        super().__init__(detail)
+        self.status = status
 
 
 class Unauthenticated(Refused):
@@ -140,17 +157,42 @@ def same_hex_digest(expected_lower_hex: str, received: str) -> bool:
     return same_secret(expected_lower_hex, received.lower())
 
 
+def first_match(candidates: Iterable[str], matches: Callable[[str], bool]) -> int:
+    """The position (from 1) of the first candidate secret that `matches`, or 0. Every
+    candidate is tried, so the time taken does not say which one matched."""
+    found = 0
+    for position, candidate in enumerate(candidates, 1):
+        if matches(candidate) and not found:
+            found = position
+    return found
+
+
+def signed_with(provider: settings.Provider, matches: Callable[[str], bool]) -> bool:
+    """Whether one of the provider's secrets `matches`; counts which one did (rotation)."""
+    position = first_match(provider.secret_list(), matches)
+    if position:
+        metrics.SECRET_USED.labels(provider=provider.name, secret=str(position)).inc()
+    return position > 0
+
+
 def check_source(
     allowed: tuple[Network, ...],
     client_ip: IPAddress | None,
-    expected_token: str,
+    expected_tokens: str | tuple[str, ...],
     token: str | None,
-) -> None:
-    """The checks every wall may have: the source address allowlist, then the URL token."""
+) -> int:
+    """The checks every wall may have: the source address allowlist, then the URL token (any of
+    `expected_tokens`). The position (from 1) of the token that matched, 0 without tokens."""
     if allowed and (client_ip is None or not any(client_ip in net for net in allowed)):
         raise Unauthenticated("source_ip", "source address not allowed")
-    if expected_token and not same_secret(expected_token, token or ""):
+    tokens = (expected_tokens,) if isinstance(expected_tokens, str) else expected_tokens
+    tokens = tuple(t for t in tokens if t)
+    if not tokens:
+        return 0
+    position = first_match(tokens, lambda expected: same_secret(expected, token or ""))
+    if not position:
         raise Unauthenticated("token", "invalid token")
+    return position
 
 
 def client_address(

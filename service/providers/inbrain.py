@@ -25,6 +25,7 @@ from .base import (
     md5_hex,
     plain_answer,
     same_hex_digest,
+    signed_with,
     storable_params,
 )
 
@@ -61,7 +62,9 @@ def normalise(provider: Provider, inbound: Inbound) -> Postback:
     reward_id = checked("RewardId", callback.RewardId, limit=255)
     if not panelist or not reward_id:
         raise Invalid("PanelistId and RewardId must not be empty")
-    if not same_hex_digest(md5_hex(panelist, reward_id, provider.secret), callback.Sig):
+    if not signed_with(
+        provider, lambda secret: same_hex_digest(md5_hex(panelist, reward_id, secret), callback.Sig)
+    ):
         raise Unauthenticated("signature", "invalid signature")
     amount = _amount("Reward", callback.Reward)
     reversal = callback.RewardType == REVERSAL

@@ -23,6 +23,7 @@ from .base import (
     plain_answer,
     require,
     same_hex_digest,
+    signed_with,
 )
 from .base import loggable as base_loggable
 
@@ -37,7 +38,10 @@ def normalise(provider: Provider, inbound: Inbound) -> Postback:
     found = params(inbound)
     require(found, _REQUIRED)
     subid, transid, reward = found["subid"], found["transid"], found["reward"]
-    if not same_hex_digest(md5_hex(subid, transid, reward, provider.secret), found["signature"]):
+    received = found["signature"]
+    if not signed_with(
+        provider, lambda secret: same_hex_digest(md5_hex(subid, transid, reward, secret), received)
+    ):
         raise Unauthenticated("signature", "invalid signature")
     if found["status"] not in _STATUS:
         raise Invalid("status must be 1 (credit) or 2 (reversal)")

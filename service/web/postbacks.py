@@ -1,4 +1,5 @@
-"""The postback endpoint of every wall: /postbacks/{name} and /postbacks/{name}/{token}."""
+"""The postback endpoint of every wall: /postbacks/{name} and /postbacks/{name}/{token}, and for
+walls whose reversals come to an address of their own, the same followed by /reversal."""
 
 from __future__ import annotations
 
@@ -38,16 +39,21 @@ async def postback(request: web.Request) -> web.Response:
     walls = request.app[keys.WALLS]
     wall = walls.by_name.get(request.match_info["name"])
     token = request.match_info.get("token")
+    reversal = request.match_info.get("reversal") == "reversal"
     # A provider with a URL token answers only on the long path, and one without only on the
     # short path, so the short path of a token-protected wall looks like any unknown address.
-    if wall is None or (token is None) != (not wall.config.url_token):
+    if (
+        wall is None
+        or (token is None) != (not wall.tokens)
+        or (reversal and not wall.reversal_endpoint)
+    ):
         raise web.HTTPNotFound(text="unknown provider")
 
     client_ip = client_address(
         request.remote, request.headers.getall("X-Forwarded-For", []), walls.trusted_proxies
     )
     try:
-        submission = await _intake(request, wall, token, client_ip)
+        submission = await _intake(request, wall, token, client_ip, reversal)
     except Exception:
         # A bug, not the caller's fault: nothing was recorded, so the wall must retry.
         log.exception("postback not read: unexpected error")
@@ -109,7 +115,11 @@ async def _refuse(refusals: Writer, submission: Submission) -> Receipt:
 
 
 async def _intake(
-    request: web.Request, wall: Wall, token: str | None, client_ip: IPAddress | None
+    request: web.Request,
+    wall: Wall,
+    token: str | None,
+    client_ip: IPAddress | None,
+    reversal: bool = False,
 ) -> Submission:
     """Authenticate and normalise one request into what the write path takes."""
     protocol = wall.protocol
@@ -131,7 +141,11 @@ async def _intake(
         content_type=request.headers.get("Content-Type", ""),
         body=body,
         client_ip=client_ip,
+        headers=tuple(request.headers.items()),
+        raw_path=request.raw_path,
+        reversal=reversal,
     )
+    answer = wall.answering(inbound)
     entry = LogEntry(
         request_id=_request_id(),
         provider=wall.config.name,
@@ -142,7 +156,9 @@ async def _intake(
     try:
         if refusal is not None:
             raise refusal
-        check_source(wall.allowed, inbound.client_ip, wall.config.url_token, token)
+        used = check_source(wall.allowed, inbound.client_ip, wall.tokens, token)
+        if used and not wall.config.secret_list():  # a provider has secrets or tokens
+            metrics.SECRET_USED.labels(provider=wall.config.name, secret=str(used)).inc()
         normalised = protocol.normalise(wall.config, inbound)
         if wall.max_amount is not None and normalised.amount > wall.max_amount:
             raise Invalid(
@@ -156,12 +172,12 @@ async def _intake(
         entry = dataclasses.replace(entry, params=compact(entry.params))
         return Submission(
             entry,
-            protocol.answer,
+            answer,
             refusal=exc.outcome,
             refusal_detail=exc.detail,
             refusal_status=exc.status,
         )
-    return Submission(entry, protocol.answer, postback=normalised)
+    return Submission(entry, answer, postback=normalised)
 
 
 def _unrecorded(wall: Wall, detail: str = "database unavailable") -> Receipt:

@@ -14,8 +14,14 @@ def add_routes(app: web.Application) -> None:
     # Both listeners.
     app.router.add_get("/healthz", health.healthz)
 
-    # The walls' listener, exposed to the internet.
-    for path in ("/postbacks/{name}", "/postbacks/{name}/{token}"):
+    # The walls' listener, exposed to the internet. A URL token has at least 16 characters, so
+    # it is never the literal "reversal" (a wall profile's reversal endpoint), matched first.
+    for path in (
+        "/postbacks/{name}",
+        "/postbacks/{name}/{reversal:reversal}",
+        "/postbacks/{name}/{token}",
+        "/postbacks/{name}/{token}/{reversal:reversal}",
+    ):
         app.router.add_route("GET", path, postbacks.postback)
         app.router.add_route("POST", path, postbacks.postback)
 
