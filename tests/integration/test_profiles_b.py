@@ -648,3 +648,24 @@ async def test_adgate_profile_address_applies_without_the_providers_own(client: 
     )
     assert await send(client, url) == (403, "forbidden")
     assert await balance(client, user) is None
+
+
+@pytest.mark.parametrize("wall", WALLS, ids=ids)
+async def test_simulate_builds_what_the_profile_accepts(
+    client: Client, settings: Settings, wall: Wall
+) -> None:
+    """`postback-ledger simulate` for these profiles: its credit (and reversal) are accepted."""
+    from service.providers.setup import simulated
+
+    config = next(p for p in settings.providers if p.name == wall.name)
+    user, tx = unique(wall.name), unique("sim")
+    built = simulated(config, settings.server, user=user, amount="6", transaction=tx)
+    assert (built.method, built.body) == ("GET", b"")
+    assert await send(client, built.path) == wall.ok
+    assert await balance(client, user) == 6
+    if wall.reverses:
+        built = simulated(
+            config, settings.server, user=user, amount="6", transaction=tx, reverse=True
+        )
+        assert await send(client, built.path) == wall.ok
+        assert await balance(client, user) == 0
