@@ -601,10 +601,17 @@ def _refused(sub: Submission, refusal: admission.Refusal) -> Receipt:
     return Receipt(refusal.outcome, refusal.detail, answer, None, refusal.auth_reason)
 
 
+# The status each kind of refusal has unless something more particular happened (413, 404...).
+_USUAL_STATUS = {Outcome.INVALID: 400, Outcome.REJECTED: 403, Outcome.IGNORED: 200}
+
+
 def refusal_receipt(sub: Submission) -> Receipt:
-    """The answer to a postback refused before it reached the write path."""
+    """The answer to a postback refused before it reached the write path: the wall's own
+    convention for a malformed, unauthenticated or acknowledged postback (a profile may answer
+    a bad signature with, say, Tapjoy's 403 or Kiwiwall's `0`), but the particular status of a
+    particular refusal (a body too large: 413) as is."""
     answer = sub.answer(sub.refusal, sub.refusal_detail)
-    if sub.refusal_status != answer.status:
+    if sub.refusal_status != _USUAL_STATUS.get(sub.refusal):
         answer = Answer(sub.refusal_status, sub.refusal_detail)
     return Receipt(sub.refusal, sub.refusal_detail, answer, None)
 

@@ -118,6 +118,9 @@ class Profile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     negative_reverses: bool = False
     reversal_prefix: str = ""
     reversal_endpoint: bool = False
+    # A parameter naming the transaction a reversal takes back, for a wall that gives a reversal
+    # a transaction id of its own (BitLabs' `ref`). It must be signed.
+    link: str = ""
     params: list[str] = []
     required: list[str] = []
     allowed_ips: list[str] = []
@@ -233,6 +236,7 @@ class Compiled:
     signature_param: str  # lowercase; "" when the signature is in a header or absent
     signature_header: str
     signs_amount_by_template: bool
+    link: str = ""  # lowercase; the parameter naming a reversal's credit
 
     @property
     def signature(self) -> Signature:
@@ -293,6 +297,8 @@ def compile_profile(profile: Profile, where: str, public_url: str = "") -> Compi
     if profile.status:
         mapped.add(lower(profile.status))
     params = tuple(lower(p) for p in profile.params)
+    if profile.link:
+        mapped.add(lower(profile.link))
     template: tuple[Piece, ...] = ()
     if sig.kind in ("hash", "hmac") and sig.over == "template":
         try:
@@ -331,6 +337,13 @@ def compile_profile(profile: Profile, where: str, public_url: str = "") -> Compi
             "config: server.public_url: needed by signature.over = url"
             f" ({where.removeprefix('config: ')})"
         )
+    if profile.link:
+        signed_whole = sig.kind in ("hash", "hmac") and sig.over != "template"
+        if not signed_whole and ("param", lower(profile.link)) not in template:
+            # An unsigned link would let a captured reversal be pointed at another credit.
+            raise settings.ConfigError(
+                f"{where}.link: {profile.link} must be covered by the signature"
+            )
     signature_param = lower(sig.param) if sig.kind != "none" else ""
     if signature_param and signature_param in mapped | set(params):
         raise settings.ConfigError(
@@ -348,6 +361,7 @@ def compile_profile(profile: Profile, where: str, public_url: str = "") -> Compi
         signature_param=signature_param,
         signature_header=sig.header if sig.kind != "none" else "",
         signs_amount_by_template=("param", lower(profile.amount)) in template,
+        link=lower(profile.link),
     )
 
 
@@ -514,8 +528,8 @@ class ProfileWall:
         pairs = raw_pairs(inbound)
         found = named(self._signed_part(pairs, len(inbound.query)))
         needed = [c.user, c.transaction, c.amount, *c.required]
-        if c.status and p.credit and not inbound.reversal:
-            needed.append(c.status)
+        if c.status and p.credit and "" not in p.credit and not inbound.reversal:
+            needed.append(c.status)  # `""` among the credit values: an absent status credits
         require(found, needed)
         signed, covers_amount = self._authenticate(provider, inbound, named(pairs), pairs)
 
@@ -530,7 +544,7 @@ class ProfileWall:
         elif not c.status or not p.credit or status in p.credit or test:
             reversal = False  # with `credit = []`, every status not listed otherwise credits
         else:
-            known = [*p.credit, *p.reversal, *p.test, *p.pending]
+            known = [v or "(absent)" for v in (*p.credit, *p.reversal, *p.test, *p.pending)]
             raise Invalid(f"{c.status} must be one of {', '.join(known)}")
 
         amount_text = found[c.amount]
@@ -549,6 +563,9 @@ class ProfileWall:
         data: dict[str, Any] = {
             name: bounded(found, name, MAX_TEXT_LENGTH) for name in c.params if found.get(name)
         }
+        if reversal and c.link and found.get(c.link):
+            # Its credit's transaction, named by a signed parameter: the settlements pair them.
+            data["link"] = bounded(found, c.link)
         if reversal and not covers_amount:
             # The signature does not cover the amount: a reversal takes back the whole credit,
             # whatever amount it names, so a forged one cannot pre-empt the real chargeback.

@@ -374,11 +374,6 @@ async def test_tapjoy_bad_amount_credits_nothing(
     await nothing_for(client, pool, "tapjoy", user)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a refusal is answered with the refusal's own status (400), not the profile's"
-    " answers.invalid.status",
-)
 async def test_tapjoy_bad_amount_answers_403_so_tapjoy_stops_retrying(client: Client) -> None:
     # Tapjoy retries anything but 200 and 403 every 5 minutes for 4 days.
     status, _ = await get(client, "tapjoy", tapjoy(unique("req"), unique(), "abc"))
@@ -528,11 +523,6 @@ async def test_bitlabs_negative_value_reverses(client: Client) -> None:
     assert await balance(client, user) == Decimal(0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reconciliation under its own TX names its credit only in ref: the profile schema"
-    " has no parameter that links a reversal to another transaction",
-)
 async def test_bitlabs_reconciliation_by_ref_reverses(client: Client) -> None:
     user, tx = unique(), "o" + unique("tx")
     assert (await get_path(client, bitlabs_path(f"uid={user}&tx={tx}&val=300")))[0] == 200

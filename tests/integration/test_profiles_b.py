@@ -550,10 +550,6 @@ async def test_url_signed_walls_refuse_a_changed_amount(client: Client) -> None:
         assert await balance(client, user) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine requires the status parameter: an absent one is not a credit",
-)
 async def test_theoremreach_credits_without_a_reversal_parameter(client: Client) -> None:
     user, tx = unique("tr"), unique("tx")
     pairs = [("user_id", user), ("reward", "60"), ("currency", "0.30"), ("tx_id", tx)]
@@ -614,11 +610,6 @@ async def test_adgate_pending_acknowledges_then_approved_credits(
     assert await balance(client, user) == 30
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine requires the status parameter: an absent state is not a credit"
-    " (Magic Receipts credits it)",
-)
 async def test_adgate_without_state_credits(client: Client) -> None:
     user, tx = unique("ag"), unique("conv")
     url = f"/postbacks/adgate/{ADGATE_TOKEN}?conversion_id={tx}&user_id={user}&point_value=4"

@@ -690,3 +690,27 @@ def _with_signature(built: engine.Built, c: engine.Compiled, signature: str) -> 
         ]
         body = urlencode(pairs).encode()
     return engine.Built(built.method, path, built.headers, body, built.content_type)
+
+
+def test_an_empty_credit_value_lets_an_absent_status_credit() -> None:
+    w, provider = wall({**STATUSES, "credit": ["1", ""]})
+    assert w.normalise(provider, get(query())).type is EventType.CREDITED
+    assert w.normalise(provider, get(query(state=""))).type is EventType.CREDITED
+    assert w.normalise(provider, get(query(state="2"))).type is EventType.REVERSED
+    with pytest.raises(Invalid, match=r"state must be one of 1, \(absent\), 2"):
+        w.normalise(provider, get(query(state="7")))
+
+
+def test_a_link_parameter_pairs_a_reversal_with_the_credit_it_names() -> None:
+    profile = {**STATUSES, "link": "ref", "signature": {**BASE["signature"]}}
+    profile["signature"]["template"] = "{id}:{snuid}:{currency}:{ref}:{secret}"
+    w, provider = wall(profile)
+    q = query(state="2", ref="t0")
+    q["verifier"] = md5(f"t1:u1:10.50:t0:{SECRET}")
+    reversal = w.normalise(provider, get(q))
+    assert (reversal.type, reversal.data["link"]) == (EventType.REVERSED, "t0")
+
+
+def test_an_unsigned_link_parameter_is_refused_at_start_up() -> None:
+    with pytest.raises(ConfigError, match=r"link: ref must be covered by the signature"):
+        wall({**STATUSES, "link": "ref"})
