@@ -92,6 +92,12 @@ class Answers(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     duplicate: Reply = Reply(200, "OK")  # duplicates and conflicts
     refused: Reply = Reply(403, "")  # authentication failed
     invalid: Reply = Reply(400, "")  # malformed
+    # Accepted but recorded nothing (a pending status): `ok` unless given.
+    ignored: Reply | None = None
+
+    @property
+    def acknowledged(self) -> Reply:
+        return self.ok if self.ignored is None else self.ignored
 
 
 class Setup(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -122,7 +128,12 @@ class Profile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # a transaction id of its own (BitLabs' `ref`). It must be signed.
     link: str = ""
     params: list[str] = []
+    # Parameters that must be present and not empty, or the postback is malformed (400). The
+    # signature parameter may be listed: then a missing signature is malformed, not forged.
     required: list[str] = []
+    # The reason a status none of credit, reversal, test and pending lists is refused with
+    # (default: "<status> must be one of ...").
+    status_detail: str = ""
     allowed_ips: list[str] = []
     signature: Signature = Signature()
     answers: Answers = Answers()
@@ -282,8 +293,11 @@ def compile_profile(profile: Profile, where: str, public_url: str = "") -> Compi
     _one_of(sig.over, OVERS, f"{where}.signature.over")
     _one_of(sig.encoding, ENCODINGS, f"{where}.signature.encoding")
     _one_of(profile.simulate.body, BODIES, f"{where}.simulate.body")
-    for name in ("ok", "duplicate", "refused", "invalid"):
-        status = getattr(profile.answers, name).status
+    for name in ("ok", "duplicate", "refused", "invalid", "ignored"):
+        reply = getattr(profile.answers, name)
+        if reply is None:
+            continue
+        status = reply.status
         if not 200 <= status <= 599:
             raise settings.ConfigError(f"{where}.answers.{name}.status: {status} is not 200-599")
     if sig.kind != "none" and bool(sig.param) == bool(sig.header):
@@ -527,15 +541,15 @@ class ProfileWall:
             raise Invalid(f"method {inbound.method} not accepted: use {' or '.join(p.methods)}")
         pairs = raw_pairs(inbound)
         found = named(self._signed_part(pairs, len(inbound.query)))
-        needed = [c.user, c.transaction, c.amount, *c.required]
+        needed = [c.user, c.transaction, c.amount]
         if c.status and p.credit and "" not in p.credit and not inbound.reversal:
             needed.append(c.status)  # `""` among the credit values: an absent status credits
-        require(found, needed)
+        require(found, [*needed, *c.required])
         signed, covers_amount = self._authenticate(provider, inbound, named(pairs), pairs)
 
         status = found.get(c.status, "") if c.status else ""
         if status and status in p.pending:
-            raise Acknowledged(PENDING_DETAIL, p.answers.ok.status)
+            raise Acknowledged(PENDING_DETAIL, p.answers.acknowledged.status)
         test = bool(status) and status in p.test
         if inbound.reversal:
             reversal = True
@@ -544,6 +558,8 @@ class ProfileWall:
         elif not c.status or not p.credit or status in p.credit or test:
             reversal = False  # with `credit = []`, every status not listed otherwise credits
         else:
+            if p.status_detail:
+                raise Invalid(p.status_detail)
             known = [v or "(absent)" for v in (*p.credit, *p.reversal, *p.test, *p.pending)]
             raise Invalid(f"{c.status} must be one of {', '.join(known)}")
 
@@ -560,6 +576,7 @@ class ProfileWall:
             transaction = transaction.removeprefix(p.reversal_prefix)
             if not transaction:
                 raise Invalid(f"{c.transaction} has nothing after the reversal prefix")
+        user = bounded(found, c.user)
         data: dict[str, Any] = {
             name: bounded(found, name, MAX_TEXT_LENGTH) for name in c.params if found.get(name)
         }
@@ -575,7 +592,7 @@ class ProfileWall:
             provider=provider.name,
             key=f"{'test-' if test else ''}{kind}:{transaction}",
             type=EventType.REVERSED if reversal else EventType.CREDITED,
-            user_id=bounded(found, c.user),
+            user_id=user,
             amount=amount,
             provider_ref=transaction,
             test=test,
@@ -646,6 +663,8 @@ class ProfileWall:
         match outcome:
             case Outcome.DUPLICATE | Outcome.CONFLICT:
                 reply = answers.duplicate
+            case Outcome.IGNORED:
+                reply = answers.acknowledged
             case Outcome.REJECTED:
                 reply = answers.refused
             case Outcome.INVALID:
@@ -733,7 +752,8 @@ def build(
     for key, value in {**p.simulate.values, **(values or {})}.items():
         params.setdefault(key.lower(), value)
     for key in compiled.required:
-        params.setdefault(key, "1")
+        if key != compiled.signature_param:
+            params.setdefault(key, "1")
     pairs = list(params.items())
 
     method = p.methods[0]
