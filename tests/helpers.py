@@ -144,3 +144,13 @@ async def run_cli(
 async def events_of(pool: Any, user: str) -> list[Event]:
     """A user's events, oldest first, as the API reads them."""
     return await read.wallet_events(pool, user, 0, 100_000)
+
+
+def medioot_wall() -> Any:
+    """Medioot's protocol (its built-in profile) as the write path's tests call it."""
+    from service.providers import profile
+
+    raw = profile._builtin("medioot")
+    return profile.ProfileWall.of(
+        profile.compile_profile(profile.decode(raw, "medioot"), "medioot")
+    )

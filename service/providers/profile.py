@@ -540,12 +540,14 @@ class ProfileWall:
         if inbound.method not in p.methods:
             raise Invalid(f"method {inbound.method} not accepted: use {' or '.join(p.methods)}")
         pairs = raw_pairs(inbound)
-        found = named(self._signed_part(pairs, len(inbound.query)))
+        every = named(pairs)
+        part = self._signed_part(pairs, len(inbound.query))
+        found = every if part is pairs else named(part)  # checked once on the hot path
         needed = [c.user, c.transaction, c.amount]
         if c.status and p.credit and "" not in p.credit and not inbound.reversal:
             needed.append(c.status)  # `""` among the credit values: an absent status credits
         require(found, [*needed, *c.required])
-        signed, covers_amount = self._authenticate(provider, inbound, named(pairs), pairs)
+        signed, covers_amount = self._authenticate(provider, inbound, every, pairs)
 
         status = found.get(c.status, "") if c.status else ""
         if status and status in p.pending:

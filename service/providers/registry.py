@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 from .. import settings
-from . import adgate_receipts, inbrain, medioot, profile
+from . import adgate_receipts, inbrain, profile
 from .base import WallProtocol
 
 PROTOCOLS: dict[str, WallProtocol] = {
-    "medioot": medioot,
     "inbrain": inbrain,
     "adgate_receipts": adgate_receipts,
 }

@@ -18,18 +18,6 @@ from .registry import PROTOCOLS
 
 # The walls with a module of their own (README, Walls).
 SEED_SETUP: dict[str, Setup] = {
-    "medioot": Setup(
-        query=(
-            "subid={subid}&transid={transid}&reward={reward}&payout={payout}"
-            "&signature={signature}&status={status}&userIp={userIp}&campaign_id={campaign_id}"
-            "&offer_type={offer_type}&country={country}&uuid={uuid}&offer_name={offer_name}"
-        ),
-        secret_from="Medioot dashboard, your app's postback settings: the app's secret",
-        notes=(
-            "Medioot does not publish its servers' addresses: ask Medioot and set allowed_ips"
-            " (the signature covers neither status nor uuid)."
-        ),
-    ),
     "inbrain": Setup(
         query="",
         secret_from="inBrain publisher dashboard, Callback tab: the Callback Secret",
@@ -122,17 +110,6 @@ def simulated(
             public_url=server.public_url,
         )
     path = f"/postbacks/{provider.name}" + (f"/{token}" if token else "")
-    if provider.protocol == "medioot":
-        query = urlencode(
-            {
-                "subid": user,
-                "transid": transaction,
-                "reward": amount,
-                "status": "2" if reverse else "1",
-                "signature": md5_hex(user, transaction, amount, secret),
-            }
-        )
-        return Built("GET", f"{path}?{query}", {}, b"", "")
     if provider.protocol == "inbrain":
         body = {
             "Sig": md5_hex(user, transaction, secret),

@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from service.db.write import LogEntry, Submission, append
 from service.domain import wallet
 from service.domain.events import EventType, Outcome, Postback
-from service.providers import medioot as protocol
 from tests import helpers
-from tests.helpers import AUTH, medioot, unique
+from tests.helpers import AUTH, medioot, medioot_wall, unique
+
+protocol = medioot_wall()
 
 
 def submission(user: str, ref: str, amount: str, kind: str = "credit") -> Submission:

@@ -1,4 +1,5 @@
-"""service/providers/medioot.py: normalising Medioot postbacks and answering in its convention.
+"""Medioot (service/profiles/medioot.toml): normalising its postbacks and answering in its
+convention.
 
 Also `loggable()` from service/providers/base.py, which decides what the postback log keeps.
 """
@@ -12,14 +13,15 @@ from urllib.parse import urlencode
 import pytest
 
 from service.domain.events import EventType, Outcome, Postback, Signed
-from service.providers import medioot
 from service.providers.base import Inbound, Invalid, Unauthenticated, loggable
 from service.settings import Provider
-from tests.helpers import MEDIOOT_SECRET, md5
+from tests.helpers import MEDIOOT_SECRET, md5, medioot_wall
 from tests.helpers import medioot as signed
 
 PROVIDER = Provider(name="medioot-app", protocol="medioot", secret=MEDIOOT_SECRET)
 FORM = "application/x-www-form-urlencoded"
+
+MEDIOOT = medioot_wall()
 
 
 def get(params: dict[str, str] | list[tuple[str, str]]) -> Inbound:
@@ -32,7 +34,7 @@ def post(body: bytes, content_type: str, query: tuple[tuple[str, str], ...] = ()
 
 
 def normalise(inbound: Inbound) -> Postback:
-    return medioot.normalise(PROVIDER, inbound)
+    return MEDIOOT.normalise(PROVIDER, inbound)
 
 
 def invalid(inbound: Inbound) -> str:
@@ -436,22 +438,22 @@ def test_empty_body_with_any_content_type_uses_the_query() -> None:
 
 @pytest.mark.parametrize("outcome", [Outcome.CREDITED, Outcome.REVERSED, Outcome.RECORDED])
 def test_answer_ok(outcome: Outcome) -> None:
-    answer = medioot.answer(outcome, "")
+    answer = MEDIOOT.answer(outcome, "")
     assert (answer.status, answer.body, answer.content_type) == (200, "OK", "text/plain")
 
 
 @pytest.mark.parametrize("outcome", [Outcome.DUPLICATE, Outcome.CONFLICT])
 def test_answer_dup(outcome: Outcome) -> None:
-    answer = medioot.answer(outcome, "already recorded")
+    answer = MEDIOOT.answer(outcome, "already recorded")
     assert (answer.status, answer.body) == (200, "DUP")
 
 
 def test_answer_rejected() -> None:
-    assert medioot.answer(Outcome.REJECTED, "invalid signature").status == 403
+    assert MEDIOOT.answer(Outcome.REJECTED, "invalid signature").status == 403
 
 
 def test_answer_invalid_carries_the_detail() -> None:
-    answer = medioot.answer(Outcome.INVALID, "missing parameter: subid")
+    answer = MEDIOOT.answer(Outcome.INVALID, "missing parameter: subid")
     assert (answer.status, answer.body, answer.content_type) == (
         400,
         "missing parameter: subid",
@@ -460,14 +462,14 @@ def test_answer_invalid_carries_the_detail() -> None:
 
 
 def test_answer_unavailable() -> None:
-    answer = medioot.answer(Outcome.UNAVAILABLE, "")
+    answer = MEDIOOT.answer(Outcome.UNAVAILABLE, "")
     assert answer.status == 503
     assert answer.body
 
 
 @pytest.mark.parametrize("outcome", list(Outcome))
 def test_answer_is_never_500(outcome: Outcome) -> None:
-    assert medioot.answer(outcome, "detail").status in {200, 400, 403, 503}
+    assert MEDIOOT.answer(outcome, "detail").status in {200, 400, 403, 503}
 
 
 # --- loggable ------------------------------------------------------------------------------------
@@ -477,27 +479,27 @@ def test_answer_is_never_500(outcome: Outcome) -> None:
 def test_loggable_drops_the_signature_from_the_query(name: str) -> None:
     params = signed("u", "T1", "3", uuid="c1")
     params[name] = params.pop("signature")
-    kept = loggable(get(params), medioot.SECRET_PARAMS)
+    kept = loggable(get(params), MEDIOOT.SECRET_PARAMS)
     assert {k.lower() for k in kept} == {"subid", "transid", "reward", "status", "uuid"}
     assert params[name] not in kept.values()
 
 
 def test_loggable_drops_the_signature_from_a_form_body() -> None:
     params = signed("u", "T1", "3")
-    kept = loggable(post(urlencode(params).encode(), FORM), medioot.SECRET_PARAMS)
+    kept = loggable(post(urlencode(params).encode(), FORM), MEDIOOT.SECRET_PARAMS)
     assert kept == {"subid": "u", "transid": "T1", "reward": "3", "status": "1"}
 
 
 def test_loggable_drops_the_signature_from_a_json_body() -> None:
     params = signed("u", "T1", "3")
-    kept = loggable(post(json.dumps(params).encode(), "application/json"), medioot.SECRET_PARAMS)
+    kept = loggable(post(json.dumps(params).encode(), "application/json"), MEDIOOT.SECRET_PARAMS)
     assert "signature" not in kept
     assert kept["subid"] == "u"
 
 
 def test_loggable_keeps_the_query_when_the_body_is_unreadable() -> None:
     params = signed("u", "T1", "3")
-    kept = loggable(post(b"{", "application/json", tuple(params.items())), medioot.SECRET_PARAMS)
+    kept = loggable(post(b"{", "application/json", tuple(params.items())), MEDIOOT.SECRET_PARAMS)
     assert "signature" not in kept
     assert kept["transid"] == "T1"
 
@@ -512,5 +514,5 @@ def test_loggable_makes_values_storable() -> None:
 def test_loggable_survives_invalid_utf8_in_a_json_string() -> None:
     params = signed("u", "T1", "3")
     body = b'{"offer_name": "\xff"}'
-    kept = loggable(post(body, "application/json", tuple(params.items())), medioot.SECRET_PARAMS)
+    kept = loggable(post(body, "application/json", tuple(params.items())), MEDIOOT.SECRET_PARAMS)
     assert "signature" not in kept

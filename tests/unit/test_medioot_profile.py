@@ -1,4 +1,5 @@
-"""service/profiles/medioot.toml against service/providers/medioot.py: for the same request,
+"""service/profiles/medioot.toml against the hand-written module it replaced
+(medioot_reference.py): for the same request,
 the same Postback (key, type, user, amount, provider_ref, data, signed digests) or the same
 refusal (class, reason, detail), the same answers and the same log parameters."""
 
@@ -13,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.domain.events import Outcome, Postback
-from service.providers import medioot
 from service.providers import profile as engine
 from service.providers.base import Inbound, Refused, Unauthenticated
 from service.settings import Provider
 from tests.helpers import MEDIOOT_SECRET, md5
 from tests.helpers import medioot as signed
+from tests.unit import medioot_reference as medioot
 
 PROVIDER = Provider(name="medioot-app", protocol="medioot", secret=MEDIOOT_SECRET)
 ROTATED = Provider(name="medioot-app", protocol="medioot", secrets=["new-secret", MEDIOOT_SECRET])

@@ -509,8 +509,8 @@ def test_protocols_include_custom_and_the_builtins() -> None:
 
 
 def test_a_seed_protocol_takes_no_profile() -> None:
-    raw = {"name": "w", "protocol": "medioot", "secret": SECRET, "profile": BASE}
-    with pytest.raises(ConfigError, match=r"providers\[0\].profile: protocol medioot"):
+    raw = {"name": "w", "protocol": "inbrain", "secret": SECRET, "profile": BASE}
+    with pytest.raises(ConfigError, match=r"providers\[0\].profile: protocol inbrain"):
         parse({"providers": [raw]}, {})
 
 

@@ -503,8 +503,9 @@ def test_secrets_replace_secret_newest_first() -> None:
 
 def test_secrets_alone_satisfy_a_protocol_that_needs_a_secret() -> None:
     parse({"providers": [medioot(secret="", secrets=["only"])]}, {})
-    assert "providers[0].secret: protocol medioot needs it" in config_error(
-        {"providers": [medioot(secret="", secrets=[])]}
+    assert (
+        "providers[0].secret: the profile's signature (kind hash) needs a secret"
+        in config_error({"providers": [medioot(secret="", secrets=[])]})
     )
 
 

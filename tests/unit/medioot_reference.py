@@ -1,4 +1,8 @@
-"""Medioot-style walls (README, Walls; Medioot's postback document).
+"""The hand-written protocol module Medioot had before it became a profile
+(service/profiles/medioot.toml), kept unchanged as the reference that profile is checked against
+(test_medioot_profile.py).
+
+Medioot-style walls (README, Walls; Medioot's postback document).
 
 GET (or POST) with `subid`, `transid`, `reward`, `status`, `signature` = md5(subid + transid +
 reward + secret) over the strings exactly as received. `status` 1 credits, 2 reverses. The
@@ -9,10 +13,9 @@ its credit, and `allowed_ips` is what stops a captured URL being replayed with `
 
 from __future__ import annotations
 
-from ..domain.amounts import AmountError, parse_amount
-from ..domain.events import EventType, Outcome, Postback, Signed
-from ..settings import Provider
-from .base import (
+from service.domain.amounts import AmountError, parse_amount
+from service.domain.events import EventType, Outcome, Postback, Signed
+from service.providers.base import (
     Answer,
     Inbound,
     Invalid,
@@ -25,7 +28,8 @@ from .base import (
     same_hex_digest,
     signed_with,
 )
-from .base import loggable as base_loggable
+from service.providers.base import loggable as base_loggable
+from service.settings import Provider
 
 SECRET_PARAMS = frozenset({"signature"})
 REQUIRED_SETTINGS: tuple[str, ...] = ("secret",)
