@@ -7,9 +7,11 @@ event types), never from request data, so no caller can make new series.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -42,6 +44,18 @@ SECRET_USED = Counter(
     " matched, for rotating them",
     ["provider", "secret"],
 )
+
+
+@functools.cache
+def _secret_used(provider: str, position: int) -> Any:
+    return SECRET_USED.labels(provider=provider, secret=str(position))
+
+
+def secret_used(provider: str, position: int) -> None:
+    """Count a postback authenticated by the provider's secret or token at `position` (from 1).
+    The series is looked up once per provider and position (configuration only), not per
+    postback."""
+    _secret_used(provider, position).inc()
 POSTBACK_DURATION = Histogram(
     "ledger_postback_duration_seconds",
     "Time to handle one postback, from request to answer",

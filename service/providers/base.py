@@ -171,7 +171,7 @@ def signed_with(provider: settings.Provider, matches: Callable[[str], bool]) -> 
     """Whether one of the provider's secrets `matches`; counts which one did (rotation)."""
     position = first_match(provider.secret_list(), matches)
     if position:
-        metrics.SECRET_USED.labels(provider=provider.name, secret=str(position)).inc()
+        metrics.secret_used(provider.name, position)
     return position > 0
 
 

@@ -158,7 +158,7 @@ async def _intake(
             raise refusal
         used = check_source(wall.allowed, inbound.client_ip, wall.tokens, token)
         if used and not wall.config.secret_list():  # a provider has secrets or tokens
-            metrics.SECRET_USED.labels(provider=wall.config.name, secret=str(used)).inc()
+            metrics.secret_used(wall.config.name, used)
         normalised = protocol.normalise(wall.config, inbound)
         if wall.max_amount is not None and normalised.amount > wall.max_amount:
             raise Invalid(
