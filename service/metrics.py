@@ -56,6 +56,8 @@ def secret_used(provider: str, position: int) -> None:
     The series is looked up once per provider and position (configuration only), not per
     postback."""
     _secret_used(provider, position).inc()
+
+
 POSTBACK_DURATION = Histogram(
     "ledger_postback_duration_seconds",
     "Time to handle one postback, from request to answer",

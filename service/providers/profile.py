@@ -532,6 +532,14 @@ class ProfileWall:
         return cls(compiled, public_url, secret)
 
     @property
+    def names_transaction(self) -> bool:
+        """Whether an answer's body names the request's transaction (ironSource's
+        `<EVENT_ID>:OK`)."""
+        a = self.compiled.profile.answers
+        replies = (a.ok, a.duplicate, a.refused, a.invalid, a.acknowledged)
+        return any("{transaction}" in r.body for r in replies)
+
+    @property
     def reversal_endpoint(self) -> bool:
         return self.compiled.profile.reversal_endpoint
 
@@ -654,6 +662,8 @@ class ProfileWall:
 
     def answering(self, inbound: Inbound) -> Callable[[Outcome, str], Answer]:
         """The answers to this request (their body may name its transaction)."""
+        if not self.names_transaction:
+            return self.answer  # nothing of the request to read: not on every postback
         try:
             transaction = named(raw_pairs(inbound)).get(self.compiled.transaction, "")
         except Refused:
