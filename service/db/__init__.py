@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
+import msgspec
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
 
@@ -43,3 +45,11 @@ def translated() -> Iterator[None]:
         yield
     except UNAVAILABLE_ERRORS as exc:
         raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+_S = TypeVar("_S", bound=msgspec.Struct)
+
+
+def struct(kind: type[_S], row: asyncpg.Record) -> _S:
+    """A projection's row as the domain's Struct of the same field names."""
+    return kind(**{name: row[name] for name in kind.__struct_fields__})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -9,8 +10,9 @@ from typing import Any
 
 import asyncpg
 
+from ..domain import holds
 from ..domain.events import Event, EventType
-from . import Unavailable, translated
+from . import Unavailable, struct, translated
 
 _EVENT_COLUMNS = (
     "position, provider, key, type, user_id, amount, provider_ref, test, data, recorded_at, hash"
@@ -51,19 +53,15 @@ async def wallet(pool: asyncpg.Pool, user_id: str) -> asyncpg.Record | None:
     return row
 
 
-_HOLD_COLUMNS = (
-    "hold_id, owner, user_id, amount, status, captured, released, expires_at, reference,"
-    " updated_at, clock_timestamp() AS now"
-)
-
-
-async def hold(pool: asyncpg.Pool, hold_id: str) -> asyncpg.Record | None:
-    """A hold's row, with the database's clock (`now`) to tell whether it is still live."""
+async def hold(pool: asyncpg.Pool, hold_id: str) -> tuple[holds.Hold, dt.datetime] | None:
+    """A hold, with the database's clock to tell whether it is still live."""
     with translated():
         row: asyncpg.Record | None = await pool.fetchrow(
-            f"SELECT {_HOLD_COLUMNS} FROM holds WHERE hold_id = $1", hold_id
+            "SELECT owner, user_id, amount, status, captured, released, expires_at, reference,"
+            " clock_timestamp() AS now FROM holds WHERE hold_id = $1",
+            hold_id,
         )
-    return row
+    return None if row is None else (struct(holds.Hold, row), row["now"])
 
 
 async def expired_holds(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:

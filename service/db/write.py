@@ -16,7 +16,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -26,7 +26,7 @@ from ..domain import admission, holds, receipt_offers, settlement, spending, wal
 from ..domain.events import AuthReason, Event, Outcome, Postback
 from ..logs import log
 from ..providers.base import Answer
-from . import Unavailable, translated
+from . import Unavailable, struct, translated
 from .write_sql import (
     ANSWERS,
     EXISTING_EVENTS,
@@ -363,7 +363,7 @@ async def _settlements(conn: asyncpg.Connection, postbacks: list[Postback]) -> s
         [c[0] for c in clicks],
         [c[1] for c in clicks],
     )
-    return {(r["provider"], r["link"]): _struct(settlement.Settlement, r) for r in rows}
+    return {(r["provider"], r["link"]): struct(settlement.Settlement, r) for r in rows}
 
 
 Offers = dict[tuple[str, str], receipt_offers.ReceiptOffer]
@@ -375,16 +375,8 @@ async def _offers(conn: asyncpg.Connection, postbacks: list[Postback]) -> Offers
         return {}
     rows = await conn.fetch(OFFERS, [k[0] for k in keys], [k[1] for k in keys])
     return {
-        (r["provider"], r["upload_offer_id"]): _struct(receipt_offers.ReceiptOffer, r) for r in rows
+        (r["provider"], r["upload_offer_id"]): struct(receipt_offers.ReceiptOffer, r) for r in rows
     }
-
-
-_S = TypeVar("_S", bound=msgspec.Struct)
-
-
-def _struct(kind: type[_S], row: asyncpg.Record) -> _S:
-    """A projection's row as the domain's Struct of the same field names."""
-    return kind(**{name: row[name] for name in kind.__struct_fields__})
 
 
 def _lock_names(postbacks: list[Postback]) -> set[str]:
@@ -423,11 +415,11 @@ async def _plan(conn: asyncpg.Connection, spends: list[Spend]) -> _Plan:
     commands = [spend.command for spend in spends]
     rows = await conn.fetch(SPEND_STATE, sorted({c.user_id for c in commands}))
     now: dt.datetime = rows[0]["now"]
-    accounts = {r["user_id"]: spending.Account(_struct(wallet.Wallet, r), r["held"]) for r in rows}
+    accounts = {r["user_id"]: spending.Account(struct(wallet.Wallet, r), r["held"]) for r in rows}
     named = sorted({c.hold_id for c in commands if c.kind in _NAMES_A_HOLD})
     states: dict[str, holds.Hold] = {}
     if named:
-        states = {r["hold_id"]: _struct(holds.Hold, r) for r in await conn.fetch(HOLDS, named)}
+        states = {r["hold_id"]: struct(holds.Hold, r) for r in await conn.fetch(HOLDS, named)}
     answers = await _stored_answers(conn, commands)
     firsts: dict[tuple[str, str], int] = {}
     for i, c in enumerate(commands):

@@ -223,14 +223,14 @@ async def _command(request: web.Request, kind: Kind) -> Command:
     parsed = _decode(kind, body)
     if kind in (Kind.CAPTURE, Kind.VOID):
         hold_id = text_param(request.match_info["hold_id"], "hold_id")
-        row = await read.hold(request.app[keys.POOL], hold_id)
-        if row is None or row["owner"] != api_key:
+        found = await read.hold(request.app[keys.POOL], hold_id)
+        if found is None or found[0].owner != api_key:
             # Another key's hold is not this key's to see exist.
             raise ApiError(404, "hold_not_found", f"no hold {hold_id!r}")
         return Command(
             kind=kind,
             api_key=api_key,
-            user_id=row["user_id"],
+            user_id=found[0].user_id,
             idempotency_key=idempotency_key,
             fingerprint=_fingerprint(kind, hold_id, body),
             amount=_amount(parsed.amount) if isinstance(parsed, CaptureRequest) else None,
@@ -321,11 +321,10 @@ async def post_void(request: web.Request) -> web.Response:
 @requires("read")
 async def get_hold(request: web.Request) -> web.Response:
     hold_id = text_param(request.match_info["hold_id"], "hold_id")
-    row = await read.hold(request.app[keys.POOL], hold_id)
-    if row is None:
+    found = await read.hold(request.app[keys.POOL], hold_id)
+    if found is None:
         raise ApiError(404, "hold_not_found", f"no hold {hold_id!r}")
-    hold = holds.Hold(**{name: row[name] for name in holds.Hold.__struct_fields__})
-    return json_body(200, _encode(hold_body(hold_id, hold, row["now"])))
+    return json_body(200, _encode(hold_body(hold_id, *found)))
 
 
 _KEY = Param(
