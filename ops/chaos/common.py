@@ -90,6 +90,28 @@ class ChaosError(Exception):
 # --- output --------------------------------------------------------------------------------------
 
 
+async def wind_down(
+    tasks: list[asyncio.Task[None]],
+    session: Any,
+    drain: float,
+    unanswered: Callable[[], None],
+    what: str,
+) -> None:
+    """The end of a load's clients: wait up to `drain` seconds for them, let `unanswered` mark
+    what is still waiting for an answer, cancel the rest, close the HTTP session, and raise the
+    first client's failure (`what` names the load)."""
+    _, running = await asyncio.wait(tasks, timeout=drain) if tasks else ((), ())
+    unanswered()
+    for task in running:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    if session is not None:
+        await session.close()
+    for result in results:
+        if isinstance(result, Exception):
+            raise ChaosError(f"{what} failed: {result!r}") from result
+
+
 class Say:
     """Progress lines: `[crash   12.3s] message`, flushed at once."""
 
@@ -756,18 +778,13 @@ class LoadGenerator:
         """Send nothing more; wait up to `drain` seconds for the answers still expected. A
         request still unanswered then is recorded as pending (the service hung)."""
         self._stopping = True
-        _, running = await asyncio.wait(self._tasks, timeout=drain) if self._tasks else ((), ())
-        self.pending_at_end = list(self.inflight)
-        for sent in self.pending_at_end:
-            sent.error = f"PENDING: no answer within {drain:g} s of the end of the load"
-        for task in running:
-            task.cancel()
-        results = await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-        for result in results:
-            if isinstance(result, Exception):
-                raise ChaosError(f"the load generator failed: {result!r}") from result
+
+        def unanswered() -> None:
+            self.pending_at_end = list(self.inflight)
+            for sent in self.pending_at_end:
+                sent.error = f"PENDING: no answer within {drain:g} s of the end of the load"
+
+        await wind_down(self._tasks, self._session, drain, unanswered, "the load generator")
 
     def _next(self) -> Sent:
         self._seq += 1

@@ -53,7 +53,7 @@ import aiohttp
 import asyncpg
 
 from ops.chaos import common
-from ops.chaos.common import ChaosError, Report
+from ops.chaos.common import Report
 
 SPENDER = "chaos-shop"  # the key's name: the `provider` of its events (never a wall's name)
 SPEND_KEY = "chaos-spend-key-0001"
@@ -229,20 +229,17 @@ class SpendLoad:
         the service hung)."""
         self._stopping = True
         self._stopped_at = time.monotonic()
-        _, running = await asyncio.wait(self._tasks, timeout=drain) if self._tasks else ((), ())
-        self.pending_at_end = list({id(op): op for op in self.inflight.values()}.values())
-        for op in self.pending_at_end:
-            for attempt in op.attempts:
-                if id(attempt) in self.inflight:
-                    attempt.error = f"PENDING: no answer within {drain:g} s of the end of the load"
-        for task in running:
-            task.cancel()
-        results = await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-        for result in results:
-            if isinstance(result, Exception):
-                raise ChaosError(f"the spending load failed: {result!r}") from result
+
+        def unanswered() -> None:
+            self.pending_at_end = list({id(op): op for op in self.inflight.values()}.values())
+            for op in self.pending_at_end:
+                for attempt in op.attempts:
+                    if id(attempt) in self.inflight:
+                        attempt.error = (
+                            f"PENDING: no answer within {drain:g} s of the end of the load"
+                        )
+
+        await common.wind_down(self._tasks, self._session, drain, unanswered, "the spending load")
 
     def _next(self) -> Op:
         rng = self.rng
