@@ -202,8 +202,24 @@ CREATE TABLE IF NOT EXISTS postback_log (
     event_position  bigint
 );
 
-CREATE INDEX IF NOT EXISTS postback_log_provider_id ON postback_log (provider, id);
-CREATE INDEX IF NOT EXISTS postback_log_outcome_id ON postback_log (outcome, id);
+-- Who and what a postback was about, read from its parameters by the wall's field names even
+-- when it was refused (a bad signature still names its user), so that support finds every
+-- postback of a user or of a transaction; NULL when the request did not say. `reason`: why
+-- authentication failed (signature, token, source_ip, replay) for a rejected postback.
+ALTER TABLE postback_log ADD COLUMN IF NOT EXISTS user_id text;
+ALTER TABLE postback_log ADD COLUMN IF NOT EXISTS transaction text;
+ALTER TABLE postback_log ADD COLUMN IF NOT EXISTS reason text;
+
+-- The log is read newest first by (received_at, id), whichever filter is given: each index
+-- below serves one filter, in that order, so a page is one short index scan on any log size.
+DROP INDEX IF EXISTS postback_log_provider_id;
+DROP INDEX IF EXISTS postback_log_outcome_id;
+CREATE INDEX IF NOT EXISTS postback_log_time ON postback_log (received_at, id);
+CREATE INDEX IF NOT EXISTS postback_log_provider ON postback_log (provider, received_at, id);
+CREATE INDEX IF NOT EXISTS postback_log_outcome ON postback_log (outcome, received_at, id);
+CREATE INDEX IF NOT EXISTS postback_log_user ON postback_log (user_id, received_at, id);
+CREATE INDEX IF NOT EXISTS postback_log_transaction
+    ON postback_log (transaction, received_at, id);
 
 -- Projection: the receipt-offer state machine (AdGate Magic Receipts), one row per upload offer,
 -- updated in the same transaction as its events. APPROVED is final.

@@ -139,22 +139,117 @@ async def feed(pool: asyncpg.Pool, after: tuple[int, int], limit: int) -> list[t
     return [(_event(r), int(r["txid"])) for r in rows]
 
 
-async def postbacks(
-    pool: asyncpg.Pool, provider: str | None, outcome: str | None, before: int | None, limit: int
-) -> list[asyncpg.Record]:
+_POSTBACK_COLUMNS = (
+    "id, received_at, request_id, provider, outcome, http_status, detail, client_ip, method,"
+    " params, event_position, user_id, transaction, reason"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LogFilter:
+    """Which rows of the postback log to read: each field given narrows it. `since` is
+    inclusive and `until` exclusive. `before` is where the previous page ended, (received_at,
+    id); `before_id` the same given as a postback's id alone."""
+
+    provider: str | None = None
+    outcome: str | None = None
+    user_id: str | None = None
+    transaction: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    before: tuple[dt.datetime, int] | None = None
+    before_id: int | None = None
+
+
+async def postbacks(pool: asyncpg.Pool, where: LogFilter, limit: int) -> list[asyncpg.Record]:
+    """A page of the postback log, newest first by (received_at, id). Only the filters given
+    appear in the statement, so that the planner sees each one and takes the index made for it
+    (schema.sql), never a plan built for "any of them or none"."""
+    clauses: list[str] = []
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    for column in ("provider", "outcome", "user_id", "transaction"):
+        value = getattr(where, column)
+        if value is not None:
+            clauses.append(f"{column} = {arg(value)}::text")
+    if where.since is not None:
+        clauses.append(f"received_at >= {arg(where.since)}::timestamptz")
+    if where.until is not None:
+        clauses.append(f"received_at < {arg(where.until)}::timestamptz")
+    if where.before is not None:
+        at, before = arg(where.before[0]), arg(where.before[1])
+        clauses.append(f"(received_at, id) < ({at}::timestamptz, {before}::bigint)")
+    elif where.before_id is not None:
+        clauses.append(
+            "(received_at, id) < (SELECT received_at, id FROM postback_log"
+            f" WHERE id = {arg(where.before_id)}::bigint)"
+        )
+    condition = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    query = (
+        f"SELECT {_POSTBACK_COLUMNS} FROM postback_log{condition}"
+        f" ORDER BY received_at DESC, id DESC LIMIT {arg(limit)}::int"
+    )
+    with translated():
+        rows: list[asyncpg.Record] = await pool.fetch(query, *args)
+    return rows
+
+
+async def postback(pool: asyncpg.Pool, postback_id: int) -> asyncpg.Record | None:
+    with translated():
+        row: asyncpg.Record | None = await pool.fetchrow(
+            f"SELECT {_POSTBACK_COLUMNS} FROM postback_log WHERE id = $1", postback_id
+        )
+    return row
+
+
+async def postback_summary(
+    pool: asyncpg.Pool, providers: list[str], since: dt.datetime
+) -> tuple[list[asyncpg.Record], dict[str, dt.datetime | None]]:
+    """Per provider since `since`: how many postbacks had each (outcome, reason); and the time
+    of each provider's last postback, however long ago (one step down its index each)."""
+    with translated():
+        async with pool.acquire() as conn:
+            counts: list[asyncpg.Record] = await conn.fetch(
+                "SELECT provider, outcome, reason, count(*) AS n FROM postback_log"
+                " WHERE received_at >= $1 GROUP BY provider, outcome, reason",
+                since,
+            )
+            last = await conn.fetch(
+                "SELECT p AS provider,"
+                " (SELECT max(received_at) FROM postback_log WHERE provider = p) AS last"
+                " FROM unnest($1::text[]) AS p",
+                providers,
+            )
+    return counts, {r["provider"]: r["last"] for r in last}
+
+
+async def live_holds(pool: asyncpg.Pool, user_id: str) -> list[asyncpg.Record]:
+    """A user's holds that still count in `held`, the soonest to expire first."""
     with translated():
         rows: list[asyncpg.Record] = await pool.fetch(
-            "SELECT id, received_at, request_id, provider, outcome, http_status, detail, client_ip,"
-            " method, params, event_position FROM postback_log"
-            " WHERE ($1::text IS NULL OR provider = $1) AND ($2::text IS NULL OR outcome = $2)"
-            " AND ($3::bigint IS NULL OR id < $3)"
-            " ORDER BY id DESC LIMIT $4",
-            provider,
-            outcome,
-            before,
-            limit,
+            "SELECT hold_id, owner, amount, expires_at, reference FROM holds"
+            " WHERE user_id = $1 AND status = 'held' AND expires_at > clock_timestamp()"
+            " ORDER BY expires_at, hold_id",
+            user_id,
         )
     return rows
+
+
+async def history(pool: asyncpg.Pool, user_id: str, before: int | None, limit: int) -> list[Event]:
+    """A user's events newest first, those before position `before` when it is given."""
+    with translated():
+        rows = await pool.fetch(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE user_id = $1"
+            " AND position < $2 ORDER BY position DESC LIMIT $3",
+            user_id,
+            2**63 - 1 if before is None else before,
+            limit,
+        )
+    return [_event(r) for r in rows]
 
 
 async def log_size(conn: asyncpg.Connection) -> int:

@@ -55,6 +55,9 @@ class LogEntry:
     method: str
     client_ip: str | None
     params: dict[str, str]
+    # Read from the parameters of a refused postback (a normalised one names its own).
+    user_id: str | None = None
+    transaction: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ class Submission:
     refusal: Outcome = Outcome.INVALID
     refusal_detail: str = ""
     refusal_status: int = 400
+    refusal_reason: AuthReason | None = None  # why authentication failed, for the log
 
 
 @dataclass(frozen=True, slots=True)
@@ -730,4 +734,7 @@ def _log_columns(batch: Sequence[Submission], receipts: list[Receipt]) -> list[l
         [s.log.method for s in batch],
         [msgspec.json.encode(s.log.params).decode() for s in batch],
         [r.position for r in receipts],
+        [s.log.user_id if s.postback is None else s.postback.user_id for s in batch],
+        [s.log.transaction if s.postback is None else s.postback.provider_ref for s in batch],
+        [r.auth_reason or s.refusal_reason for s, r in zip(batch, receipts, strict=True)],
     ]

@@ -201,10 +201,11 @@ RETURNING 1
 
 LOG = """
 INSERT INTO postback_log (request_id, provider, outcome, http_status, detail, client_ip, method,
-                          params, event_position)
-SELECT r, p, o, s, d, ip, m, pa::jsonb, ep
+                          params, event_position, user_id, transaction, reason)
+SELECT r, p, o, s, d, ip, m, pa::jsonb, ep, u, tr, re
 FROM unnest(${0}::text[], ${1}::text[], ${2}::text[], ${3}::int2[], ${4}::text[], ${5}::text[],
-            ${6}::text[], ${7}::text[], ${8}::int8[]) AS t(r, p, o, s, d, ip, m, pa, ep)
+            ${6}::text[], ${7}::text[], ${8}::int8[], ${9}::text[], ${10}::text[], ${11}::text[])
+     AS t(r, p, o, s, d, ip, m, pa, ep, u, tr, re)
 """
 
 
@@ -221,7 +222,7 @@ def project(*, settle: bool, wallets: bool, holds: bool, answers: bool, log: boo
         ("changed", WALLETS, 7, wallets),
         ("held", UPSERT_HOLDS, 10, holds),
         ("answered", STORE_ANSWERS, 5, answers),
-        ("logged", LOG, 9, log),
+        ("logged", LOG, 12, log),
     ]
     clauses, first = [], 1
     for name, template, count, wanted in parts:

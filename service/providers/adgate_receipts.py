@@ -31,6 +31,7 @@ from .base import (
 )
 
 SECRET_PARAMS: frozenset[str] = frozenset()  # the token is a path segment, never a parameter
+IDENTITY = ("s1", "shm_event_id")
 REQUIRED_SETTINGS: tuple[str, ...] = ("url_token",)
 RECEIPT_LIMIT = 16384  # bytes of receipt body kept with an event
 _REQUIRED = ("s1", "shm_event_id", "shm_upload_offer_id", "shm_status")

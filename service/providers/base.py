@@ -3,6 +3,8 @@
 A protocol module (see `registry.py`) has one shape:
 
     SECRET_PARAMS: frozenset[str]            parameter names never stored or logged
+    IDENTITY: tuple[str, str]                (lowercase) names of the parameters holding the
+                                             user id and the wall's transaction id
     REQUIRED_SETTINGS: tuple[str, ...]       provider settings it cannot work without
     def normalise(provider, inbound) -> Postback     raises Invalid or Unauthenticated
     def answer(outcome, detail) -> Answer            the wall's own response convention
@@ -132,6 +134,7 @@ class WallProtocol(Protocol):
 
     SECRET_PARAMS: frozenset[str]
     REQUIRED_SETTINGS: tuple[str, ...]  # Provider fields that must be non-empty
+    IDENTITY: tuple[str, str]  # lowercase names of the user id and transaction id parameters
 
     def normalise(self, provider: settings.Provider, inbound: Inbound) -> Postback: ...
 
@@ -345,6 +348,17 @@ def loggable(inbound: Inbound, secret: frozenset[str]) -> dict[str, str]:
     except Refused:  # the refusal itself is reported by normalise(); keep what can be kept
         pairs = list(inbound.query)
     return storable_params((n, v) for n, v in pairs if n.lower() not in secret)
+
+
+def identify(
+    params: Mapping[str, str], identity: tuple[str, str]
+) -> tuple[str | None, str | None]:
+    """The user id and transaction id a request names (its parameters as the log keeps them),
+    whether or not it was authenticated: what the postback log is searched by. None for a
+    name the request did not give, or gave empty."""
+    lowered = {name.lower(): value for name, value in params.items()}
+    user, transaction = (lowered.get(name, "")[:MAX_ID_LENGTH] or None for name in identity)
+    return user, transaction
 
 
 def storable_params(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:

@@ -30,6 +30,7 @@ from .base import (
 )
 
 SECRET_PARAMS = frozenset({"sig"})
+IDENTITY = ("panelistid", "rewardid")
 REQUIRED_SETTINGS: tuple[str, ...] = ("secret",)
 REVERSAL = "offer_completion_reversed"
 

@@ -525,11 +525,12 @@ class ProfileWall:
     public_url: str = ""
     SECRET_PARAMS: frozenset[str] = field(default=frozenset())
     REQUIRED_SETTINGS: tuple[str, ...] = ()
+    IDENTITY: tuple[str, str] = ("", "")
 
     @classmethod
     def of(cls, compiled: Compiled, public_url: str = "") -> ProfileWall:
         secret = frozenset({compiled.signature_param} if compiled.signature_param else ())
-        return cls(compiled, public_url, secret)
+        return cls(compiled, public_url, secret, (), (compiled.user, compiled.transaction))
 
     @property
     def names_transaction(self) -> bool:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -27,6 +29,9 @@ _WAIT = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6})?")
 _FEED_CURSOR = re.compile(r"f([0-9]{1,20})\.([0-9]{1,19})")
 _MAX_POSITION = 2**63 - 1
 _CURSOR = re.compile(r"p([0-9]{1,19})")
+_LOG_CURSOR = re.compile(r"t(-?[0-9]{1,19})\.([0-9]{1,19})")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
 _NUMBER = re.compile(r"[0-9]{1,19}")  # ASCII: str.isdigit() also admits "²"
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -93,6 +98,9 @@ class PostbackBody(msgspec.Struct):
     method: str
     params: dict[str, str]
     event_position: int | None
+    user_id: str | None  # as the request named it, authenticated or not
+    transaction: str | None  # the wall's transaction id, as the request named it
+    reason: str | None  # why authentication failed: signature, token, source_ip or replay
 
 
 class PostbacksPage(msgspec.Struct):
@@ -143,6 +151,78 @@ def decode_feed_cursor(text: str) -> tuple[int, int]:
     if txid > _MAX_POSITION or position > _MAX_POSITION:
         raise ApiError(400, "invalid_cursor", "cursor is out of range")
     return txid, position
+
+
+def encode_log_cursor(received_at: dt.datetime, postback_id: int) -> str:
+    micros = (received_at - _EPOCH) // _MICROSECOND
+    return base64.urlsafe_b64encode(f"t{micros}.{postback_id}".encode()).decode().rstrip("=")
+
+
+def decode_log_cursor(text: str) -> read.LogFilter:
+    """Where a page of the postback log ends: a cursor of ours, or a postback's id."""
+    match = _LOG_CURSOR.fullmatch(_unbase64(text))
+    if match is None:
+        return read.LogFilter(before_id=decode_cursor(text))
+    postback_id = int(match.group(2))
+    try:
+        at = _EPOCH + int(match.group(1)) * _MICROSECOND
+    except OverflowError:
+        at = None
+    if at is None or postback_id > _MAX_POSITION:
+        raise ApiError(400, "invalid_cursor", "cursor is out of range")
+    return read.LogFilter(before=(at, postback_id))
+
+
+def time_param(
+    query: Mapping[str, str], name: str, *, naive_utc: bool = False
+) -> dt.datetime | None:
+    """An RFC 3339 time (`2026-11-29T08:00:00Z`), or None when absent; ApiError 400 otherwise.
+    `naive_utc`: a time without an offset is UTC (what an HTML form's datetime-local sends)."""
+    text = query.get(name, "")
+    if not text:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text) if len(text) <= 40 else None
+    except ValueError:
+        value = None
+    if value is None:
+        raise ApiError(400, f"invalid_{name}", f"{name} must be a time like 2026-11-29T08:00:00Z")
+    if value.tzinfo is None:
+        if not naive_utc:
+            raise ApiError(
+                400, f"invalid_{name}", f"{name} must give its offset, like 2026-11-29T08:00:00Z"
+            )
+        value = value.replace(tzinfo=dt.UTC)
+    return value
+
+
+def postback_filter(query: Mapping[str, str], *, naive_utc: bool = False) -> read.LogFilter:
+    """The postback log's filters from a query (the API's, or an operator page's form)."""
+    outcome = query.get("outcome") or None
+    if outcome is not None and outcome not in {o.value for o in Outcome}:
+        raise ApiError(400, "invalid_outcome", f"outcome must be one of {', '.join(Outcome)}")
+    texts = {
+        name: text_param(query[name], name) if query.get(name) else None
+        for name in ("provider", "user", "transaction")
+    }
+    since = time_param(query, "since", naive_utc=naive_utc)
+    until = time_param(query, "until", naive_utc=naive_utc)
+    if since is not None and until is not None and until <= since:
+        raise ApiError(400, "invalid_until", "until must be later than since")
+    page = decode_log_cursor(query["before"]) if query.get("before") else read.LogFilter()
+    return dataclasses.replace(
+        page,
+        provider=texts["provider"],
+        outcome=outcome,
+        user_id=texts["user"],
+        transaction=texts["transaction"],
+        since=since,
+        until=until,
+    )
+
+
+def postback_body(row: Mapping[str, Any]) -> PostbackBody:
+    return PostbackBody(**dict(row))
 
 
 def _unbase64(text: str) -> str:
@@ -264,17 +344,24 @@ async def get_receipt_offer(request: web.Request) -> web.Response:
 
 @requires("read")
 async def get_postbacks(request: web.Request) -> web.Response:
-    query = request.query
-    outcome = query.get("outcome") or None
-    if outcome is not None and outcome not in {o.value for o in Outcome}:
-        raise ApiError(400, "invalid_outcome", f"outcome must be one of {', '.join(Outcome)}")
-    before = decode_cursor(query["before"]) if query.get("before") else None
+    where = postback_filter(request.query)
     limit = _limit(request)
-    provider = text_param(query["provider"], "provider") if query.get("provider") else None
-    rows = await read.postbacks(request.app[keys.POOL], provider, outcome, before, limit)
-    bodies = [PostbackBody(**dict(r)) for r in rows]
-    next_cursor = encode_cursor(bodies[-1].id) if len(bodies) == limit else None
+    rows = await read.postbacks(request.app[keys.POOL], where, limit)
+    bodies = [postback_body(r) for r in rows]
+    last = bodies[-1] if len(bodies) == limit else None
+    next_cursor = None if last is None else encode_log_cursor(last.received_at, last.id)
     return _json(PostbacksPage(postbacks=bodies, next=next_cursor))
+
+
+@requires("read")
+async def get_postback(request: web.Request) -> web.Response:
+    text = request.match_info["postback_id"]
+    row = None
+    if _NUMBER.fullmatch(text) and int(text) <= _MAX_POSITION:
+        row = await read.postback(request.app[keys.POOL], int(text))
+    if row is None:
+        raise ApiError(404, "postback_not_found", f"no postback {text[:40]!r} in the log")
+    return _json(postback_body(row))
 
 
 @requires("read")
@@ -315,6 +402,7 @@ _LIMIT = Param(
     {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
 )
 _USER = Param("user_id", "path", "the user's id as the walls send it")
+_TIME_SCHEMA = {"type": "string", "format": "date-time"}
 _AFTER = Param(
     "after",
     "query",
@@ -368,8 +456,19 @@ READS = (
         (
             Param("provider", "query", "only this provider"),
             Param("outcome", "query", "only this outcome", {"enum": [o.value for o in Outcome]}),
+            Param("user", "query", "only postbacks naming this user id (refused ones included)"),
+            Param("transaction", "query", "only postbacks naming this transaction id"),
+            Param("since", "query", "received at or after this RFC 3339 time", _TIME_SCHEMA),
+            Param("until", "query", "received before this RFC 3339 time", _TIME_SCHEMA),
             Param("before", "query", _CURSOR_PARAM, _CURSOR_SCHEMA),
             _LIMIT,
         ),
+    ),
+    Operation(
+        "/v1/postbacks/{postback_id}",
+        get_postback,
+        "One postback of the log",
+        PostbackBody,
+        (Param("postback_id", "path", "the postback's id", {"type": "integer", "minimum": 1}),),
     ),
 )

@@ -28,6 +28,7 @@ from ..providers.base import (
     check_source,
     client_address,
     compact,
+    identify,
     plain,
 )
 from ..writer import Overloaded, Writer
@@ -168,14 +169,19 @@ async def _intake(
     except Refused as exc:
         if isinstance(exc, Unauthenticated):
             metrics.SIGNATURE_FAILURES.labels(provider=wall.config.name, reason=exc.reason).inc()
-        # Whoever sent a refused request chose its size: keep a bounded part of it.
-        entry = dataclasses.replace(entry, params=compact(entry.params))
+        # Whoever sent a refused request chose its size: keep a bounded part of it, and
+        # whom and which transaction it named, so that support finds it.
+        user_id, transaction = identify(entry.params, protocol.IDENTITY)
+        entry = dataclasses.replace(
+            entry, params=compact(entry.params), user_id=user_id, transaction=transaction
+        )
         return Submission(
             entry,
             answer,
             refusal=exc.outcome,
             refusal_detail=exc.detail,
             refusal_status=exc.status,
+            refusal_reason=exc.reason if isinstance(exc, Unauthenticated) else None,
         )
     return Submission(entry, answer, postback=normalised)
 
