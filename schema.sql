@@ -347,3 +347,11 @@ BEGIN
     END IF;
 END;
 $$;
+
+-- Operator page sessions that were signed out before they expired (web/session.py): a session
+-- cookie is signed and carries its own expiry, so only an early end needs remembering, until
+-- the cookie would have expired anyway (the upkeep loop deletes the row then).
+CREATE TABLE IF NOT EXISTS operator_sessions_ended (
+    session_id  text        PRIMARY KEY,
+    expires_at  timestamptz NOT NULL
+);

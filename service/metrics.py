@@ -97,6 +97,11 @@ NEGATIVE_BALANCE = Gauge(
     "The sum of the balances below zero, as a positive number: what the publisher is owed back",
     multiprocess_mode="mostrecent",
 )
+OPERATOR_SIGN_INS = Counter(
+    "ledger_operator_sign_ins_total",
+    "Sign-ins to the operator pages, by outcome (ok, refused)",
+    ["outcome"],
+)
 DATABASE_UP = Gauge(
     "ledger_database_up",
     "1 when the database answered the last health probe, else 0",

@@ -96,6 +96,11 @@ class Spend(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     sweep_seconds: float = 1.0
 
 
+class Ui(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # Hours an operator page session lasts from sign-in; then the key is asked for again.
+    session_hours: float = 8.0
+
+
 class Integrity(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # The key of the events' HMAC chain and of checkpoints; never stored in the database.
     chain_key: str = ""
@@ -147,6 +152,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     database: Database = Database()
     writer: Writer = Writer()
     spend: Spend = Spend()
+    ui: Ui = Ui()
     integrity: Integrity = Integrity()
     providers: list[Provider] = []
     api_keys: list[ApiKey] = []
@@ -363,6 +369,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("config: spend.idempotency_days: must be from 0 (excluded) to 3650")
     if not 0 < spend.sweep_seconds <= 3600:
         raise ConfigError("config: spend.sweep_seconds: must be from 0 (excluded) to 3600")
+    if not 0 < settings.ui.session_hours <= 168:
+        raise ConfigError("config: ui.session_hours: must be from 0 (excluded) to 168")
 
 
 def _token(token: str, where: str) -> None:

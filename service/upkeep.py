@@ -1,5 +1,5 @@
 """Background upkeep of every service process: the expiry sweep of holds, the retention of
-stored idempotency answers, and the negative-balance gauges.
+stored idempotency answers and of signed-out operator sessions, and the negative-balance gauges.
 
 Every process runs it; they do not need to agree. Each expiry goes through the write path under
 its user's lock, where a hold already ended is left alone, so two processes sweeping the same
@@ -14,7 +14,7 @@ import time
 from aiohttp import web
 
 from . import keys, metrics
-from .db import Unavailable, read
+from .db import Unavailable, read, sessions
 from .db.write import Spend, prune_answers
 from .domain.spending import Command, Kind
 from .logs import log
@@ -34,6 +34,7 @@ async def run(app: web.Application) -> None:
                 slow_due = time.monotonic() + SLOW_EVERY
                 await refresh_gauges(app)
                 await prune_answers(app[keys.POOL], settings.idempotency_days)
+                await sessions.forget_expired(app[keys.POOL])
         except (Unavailable, Overloaded) as exc:
             log.warning("upkeep skipped a pass", error=str(exc))
         except Exception:

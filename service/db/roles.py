@@ -13,8 +13,9 @@ from . import SCHEMA_PATH
 # of the schema (projections, logs; tables added later included): read, insert and update.
 EVENTS_GRANTS = "SELECT, INSERT"
 OTHER_GRANTS = "SELECT, INSERT, UPDATE"
-# Stored idempotency answers are deleted once they are older than their retention.
-DELETABLE = ("idempotency_keys",)
+# Stored idempotency answers are deleted once they are older than their retention, and the
+# record of an operator session signed out early once that session would have expired.
+DELETABLE = ("idempotency_keys", "operator_sessions_ended")
 # What the runtime role must not be able to do to the event log.
 FORBIDDEN = ("UPDATE", "DELETE", "TRUNCATE")
 

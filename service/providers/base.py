@@ -222,6 +222,12 @@ def client_address(
     return address
 
 
+def from_trusted_proxy(peer: str | None, trusted: tuple[Network, ...]) -> bool:
+    """Whether the socket peer is one of `server.trusted_proxies` (whose headers count)."""
+    address = _ip(peer)
+    return address is not None and _in(address, trusted)
+
+
 def _ip(text: str | None) -> IPAddress | None:
     if not text:
         return None
@@ -350,9 +356,7 @@ def loggable(inbound: Inbound, secret: frozenset[str]) -> dict[str, str]:
     return storable_params((n, v) for n, v in pairs if n.lower() not in secret)
 
 
-def identify(
-    params: Mapping[str, str], identity: tuple[str, str]
-) -> tuple[str | None, str | None]:
+def identify(params: Mapping[str, str], identity: tuple[str, str]) -> tuple[str | None, str | None]:
     """The user id and transaction id a request names (its parameters as the log keeps them),
     whether or not it was authenticated: what the postback log is searched by. None for a
     name the request did not give, or gave empty."""

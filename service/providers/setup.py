@@ -54,8 +54,14 @@ def _compiled(provider: settings.Provider, server: settings.Server) -> profile.C
     return profile.profile_of(provider, server, provider.name)
 
 
-def setup_lines(provider: settings.Provider, server: settings.Server, base_url: str) -> list[str]:
-    """The URL to paste first, then where the secret comes from, the addresses, the notes."""
+TOKEN_PLACEHOLDER = "{url_token}"
+
+
+def setup_lines(
+    provider: settings.Provider, server: settings.Server, base_url: str, *, show_token: bool = True
+) -> list[str]:
+    """The URL to paste first, then where the secret comes from, the addresses, the notes.
+    Without `show_token`, the URL holds TOKEN_PLACEHOLDER where its URL token goes."""
     compiled = _compiled(provider, server)
     if compiled is None:
         setup = SEED_SETUP[provider.protocol]
@@ -66,7 +72,8 @@ def setup_lines(provider: settings.Provider, server: settings.Server, base_url: 
         allowed = provider.allowed_ips or compiled.profile.allowed_ips
         reversal_endpoint = compiled.profile.reversal_endpoint
     tokens = provider.token_list()
-    path = f"{base_url.rstrip('/')}/postbacks/{provider.name}" + (f"/{tokens[0]}" if tokens else "")
+    token = (tokens[0] if show_token else TOKEN_PLACEHOLDER) if tokens else ""
+    path = f"{base_url.rstrip('/')}/postbacks/{provider.name}" + (f"/{token}" if token else "")
     query = f"?{setup.query}" if setup.query else ""
     lines = [path + query]
     if reversal_endpoint:

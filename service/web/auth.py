@@ -35,20 +35,37 @@ def required_scope(handler: object) -> str | None:
     return scope if isinstance(scope, str) else None
 
 
+_SESSION_CONTEXT = b"postback-ledger operator page session"
+
+
 @dataclass(frozen=True, slots=True)
-class _Key:
+class Key:
     name: str
     digest: bytes
     scopes: frozenset[str]
+    # What signs the operator page sessions opened with this key (web/session.py): derived
+    # from the key, so every instance agrees without a secret of its own, and a session ends
+    # when its key is replaced or removed.
+    session_secret: bytes
 
 
 class ApiKeys:
     def __init__(self, keys: list[ApiKey]) -> None:
         self._keys = [
-            _Key(k.name, hashlib.sha256(k.key.encode()).digest(), frozenset(k.scopes)) for k in keys
+            Key(
+                k.name,
+                hashlib.sha256(k.key.encode()).digest(),
+                frozenset(k.scopes),
+                hmac.new(k.key.encode(), _SESSION_CONTEXT, hashlib.sha256).digest(),
+            )
+            for k in keys
         ]
+        self._by_name = {k.name: k for k in self._keys}
 
-    def find(self, presented: str) -> _Key | None:
+    def by_name(self, name: str) -> Key | None:
+        return self._by_name.get(name)
+
+    def find(self, presented: str) -> Key | None:
         # Compare digests against every key, without stopping early, so the time taken says
         # nothing about which key (or how much of one) was right.
         digest = hashlib.sha256(presented.encode("utf-8", "replace")).digest()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import catalogue, health, postbacks
+from . import catalogue, health, pages, postbacks
 
 
 def add_routes(app: web.Application) -> None:
@@ -33,3 +33,4 @@ def add_routes(app: web.Application) -> None:
             app.router.add_get(operation.path, operation.handler)
         else:
             app.router.add_route(operation.method.upper(), operation.path, operation.handler)
+    pages.add_routes(app)
