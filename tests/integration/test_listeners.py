@@ -118,6 +118,9 @@ async def test_internal_routes_answer_only_on_the_internal_listener(
             ("/v1/no-such-route", {}),
             ("/metrics", {}),
             ("/readyz", {}),
+            ("/ui/", {}),
+            ("/ui/sign-in", {}),
+            ("/ui/static/ui.css", {}),
         ):
             assert await get(session, walls + path, headers=headers) == unknown, path
         async with session.post(f"{walls}/metrics") as resp:
@@ -131,6 +134,8 @@ async def test_internal_routes_answer_only_on_the_internal_listener(
         assert status == 200 and "ledger_postbacks_total" in text
         assert (await get(session, f"{internal}/healthz"))[0] == 200
         assert (await get(session, f"{internal}/readyz"))[0] == 200
+        status, text = await get(session, f"{internal}/ui/")  # the sign-in page, redirected to
+        assert status == 200 and 'action="/ui/sign-in"' in text
         for path in ("/postbacks/medioot", "/no-such-page"):
             params = medioot(user, unique("t"), "5")
             assert await get(session, internal + path, params=params) == unknown, path
