@@ -350,9 +350,7 @@ def loggable(inbound: Inbound, secret: frozenset[str]) -> dict[str, str]:
     return storable_params((n, v) for n, v in pairs if n.lower() not in secret)
 
 
-def identify(
-    params: Mapping[str, str], identity: tuple[str, str]
-) -> tuple[str | None, str | None]:
+def identify(params: Mapping[str, str], identity: tuple[str, str]) -> tuple[str | None, str | None]:
     """The user id and transaction id a request names (its parameters as the log keeps them),
     whether or not it was authenticated: what the postback log is searched by. None for a
     name the request did not give, or gave empty."""
