@@ -119,17 +119,31 @@ def assert_no_table_scan(plan: dict[str, Any]) -> None:
     assert plan["Node Type"] == "Limit", shown(plan)
 
 
-@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
-@pytest.mark.parametrize("case", list(ORDERED))
+# Measured here: the generic plan of `provider = $1` walks postback_log_time filtering on the
+# provider, which for a provider with no rows reads the whole index (200,000 rows removed by the
+# filter, 27 ms; its custom plan takes postback_log_provider, 0.03 ms). PostgreSQL keeps custom
+# plans for this statement as long as the generic one is estimated dearer, as it is here.
+GENERIC_PROVIDER = pytest.mark.xfail(
+    strict=True, reason="the generic plan of provider = $1 filters the time index"
+)
+
+
+@pytest.mark.parametrize(
+    ("case", "generic"),
+    [
+        pytest.param(
+            case,
+            generic,
+            id=f"{case}-{'generic' if generic else 'custom'}",
+            marks=[GENERIC_PROVIDER] if generic and case == "provider" else [],
+        )
+        for case in ORDERED
+        for generic in (False, True)
+    ],
+)
 async def test_each_filter_reads_its_own_index_in_order(
     filled: asyncpg.Pool, case: str, generic: bool
 ) -> None:
-    if generic and case.startswith("provider"):
-        # Measured here: that generic plan walks postback_log_time filtering on provider, which
-        # for a provider with no rows reads the whole index (200,000 rows removed by the filter,
-        # 27 ms; custom plans take postback_log_provider, 0.03 ms). PostgreSQL keeps custom
-        # plans for this statement as long as the generic one costs more, as it does here.
-        pytest.xfail("the generic plan of provider = $1 filters the time index")
     where, index = ORDERED[case]
     plan = await explain(filled, where, generic)
     assert_no_table_scan(plan)
