@@ -161,9 +161,9 @@ class LogFilter:
     before_id: int | None = None
 
 
-async def postbacks(pool: asyncpg.Pool, where: LogFilter, limit: int) -> list[asyncpg.Record]:
-    """A page of the postback log, newest first by (received_at, id). Only the filters given
-    appear in the statement, so that the planner sees each one and takes the index made for it
+def postbacks_query(where: LogFilter, limit: int) -> tuple[str, list[Any]]:
+    """The statement reading a page of the postback log, and its arguments. Only the filters
+    given appear in it, so that the planner sees each one and takes the index made for it
     (schema.sql), never a plan built for "any of them or none"."""
     clauses: list[str] = []
     args: list[Any] = []
@@ -193,6 +193,12 @@ async def postbacks(pool: asyncpg.Pool, where: LogFilter, limit: int) -> list[as
         f"SELECT {_POSTBACK_COLUMNS} FROM postback_log{condition}"
         f" ORDER BY received_at DESC, id DESC LIMIT {arg(limit)}::int"
     )
+    return query, args
+
+
+async def postbacks(pool: asyncpg.Pool, where: LogFilter, limit: int) -> list[asyncpg.Record]:
+    """A page of the postback log, newest first by (received_at, id) (`postbacks_query`)."""
+    query, args = postbacks_query(where, limit)
     with translated():
         rows: list[asyncpg.Record] = await pool.fetch(query, *args)
     return rows

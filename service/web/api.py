@@ -193,6 +193,10 @@ def time_param(
                 400, f"invalid_{name}", f"{name} must give its offset, like 2026-11-29T08:00:00Z"
             )
         value = value.replace(tzinfo=dt.UTC)
+    try:
+        value = value.astimezone(dt.UTC)  # 0001-01-01T00:00+02:00 is not a datetime in UTC
+    except OverflowError:
+        raise ApiError(400, f"invalid_{name}", f"{name} is out of range") from None
     return value
 
 

@@ -1,0 +1,186 @@
+"""The postback log's pages on a large log: for each filter, the statement `read.postbacks`
+runs is one scan of the index made for that filter, in its order (no Sort), never of the whole
+table, both as planned for its values and as a prepared statement's generic plan."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from service.db import read
+
+ROWS = 200_000
+USERS = 20_000
+END = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+START = END - dt.timedelta(days=90)
+
+# Ten rows to one time (as a group commit writes them), times growing with the ids; 20
+# providers, wall00 the busiest; 4 % rejected, 1 % invalid.
+FILL = """
+INSERT INTO postback_log (received_at, request_id, provider, outcome, http_status, client_ip,
+                          method, params, user_id, transaction, reason)
+SELECT $1::timestamptz + (i / 10) * $2::interval, 'req-' || i,
+       'wall' || lpad(floor(20 * s * s)::int::text, 2, '0'),
+       CASE WHEN r < 0.04 THEN 'rejected' WHEN r < 0.05 THEN 'invalid'
+            WHEN r < 0.9 THEN 'credited' ELSE 'duplicate' END,
+       CASE WHEN r < 0.04 THEN 403 WHEN r < 0.05 THEN 400 ELSE 200 END,
+       '203.0.113.1', 'GET', jsonb_build_object('subid', 'user-' || floor(u * $3::int)),
+       'user-' || floor(u * $3::int), 'tx-' || CASE WHEN r >= 0.9 THEN i - 1 ELSE i END,
+       CASE WHEN r < 0.04 THEN 'signature' END
+FROM (SELECT i, random() AS r, random() AS s, random() AS u
+      FROM generate_series(1, $4::bigint) AS i) AS g
+"""
+
+
+@pytest.fixture
+async def filled(pool: asyncpg.Pool) -> asyncpg.Pool:
+    if await pool.fetchval("SELECT count(*) FROM postback_log") < ROWS:
+        step = (END - START) / (ROWS // 10)
+        await pool.execute(FILL, START, step, USERS, ROWS, timeout=600)
+        await pool.execute("ANALYZE postback_log", timeout=600)
+    return pool
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", ()):
+        yield from nodes(child)
+
+
+def literal(value: object) -> str:
+    """An argument as SQL text (EXECUTE takes no parameters): the test's own values only."""
+    text = value.isoformat() if isinstance(value, dt.datetime) else str(value)
+    return "'" + text.replace("'", "''") + "'"
+
+
+async def explain(pool: asyncpg.Pool, where: read.LogFilter, generic: bool) -> dict[str, Any]:
+    """The plan of the statement for its values, or the generic plan a prepared statement may
+    settle on after a few runs (it cannot see the values)."""
+    query, args = read.postbacks_query(where, 100)
+    values = ", ".join(literal(value) for value in args)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"PREPARE page AS {query}")
+        mode = "force_generic_plan" if generic else "force_custom_plan"
+        await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+        text = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE page({values})")
+        await conn.execute("DEALLOCATE page")
+    plan: dict[str, Any] = json.loads(text)[0]["Plan"]
+    return plan
+
+
+def shown(plan: dict[str, Any]) -> str:
+    return json.dumps(plan, indent=1)
+
+
+def scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [n for n in nodes(plan) if "Index Name" in n]
+
+
+MIDDLE = START + dt.timedelta(days=45)
+CURSOR = (MIDDLE, ROWS // 2)
+QUIET = "wall19"  # about 2.5 % of the rows
+
+# Filters that match many rows: the page is the first 100 rows of one backward scan of the
+# index, every condition in its Index Cond.
+ORDERED = {
+    "none": (read.LogFilter(), "postback_log_time"),
+    "provider": (read.LogFilter(provider=QUIET), "postback_log_provider"),
+    "outcome": (read.LogFilter(outcome="rejected"), "postback_log_outcome"),
+    "since+until": (
+        read.LogFilter(since=MIDDLE, until=MIDDLE + dt.timedelta(hours=6)),
+        "postback_log_time",
+    ),
+    "provider+before": (read.LogFilter(provider=QUIET, before=CURSOR), "postback_log_provider"),
+    "before": (read.LogFilter(before=CURSOR), "postback_log_time"),
+    "outcome+since+until": (
+        read.LogFilter(outcome="rejected", since=MIDDLE, until=MIDDLE + dt.timedelta(days=1)),
+        "postback_log_outcome",
+    ),
+}
+
+# Filters that match a handful of rows: their index finds them all, whether in order or
+# sorted afterwards (a few rows: the planner may rightly prefer a bitmap scan and a sort).
+FEW = {
+    "user": (read.LogFilter(user_id="user-123"), "postback_log_user"),
+    "transaction": (read.LogFilter(transaction="tx-4242"), "postback_log_transaction"),
+    "user+since": (read.LogFilter(user_id="user-123", since=MIDDLE), "postback_log_user"),
+    "user+before": (read.LogFilter(user_id="user-7", before=CURSOR), "postback_log_user"),
+}
+
+
+def assert_no_table_scan(plan: dict[str, Any]) -> None:
+    kinds = [n["Node Type"] for n in nodes(plan)]
+    assert "Seq Scan" not in kinds, shown(plan)
+    assert plan["Node Type"] == "Limit", shown(plan)
+
+
+# Measured here: the generic plan of `provider = $1` walks postback_log_time filtering on the
+# provider, which for a provider with no rows reads the whole index (200,000 rows removed by the
+# filter, 27 ms; its custom plan takes postback_log_provider, 0.03 ms). PostgreSQL keeps custom
+# plans for this statement as long as the generic one is estimated dearer, as it is here.
+GENERIC_PROVIDER = pytest.mark.xfail(
+    strict=True, reason="the generic plan of provider = $1 filters the time index"
+)
+
+
+@pytest.mark.parametrize(
+    ("case", "generic"),
+    [
+        pytest.param(
+            case,
+            generic,
+            id=f"{case}-{'generic' if generic else 'custom'}",
+            marks=[GENERIC_PROVIDER] if generic and case == "provider" else [],
+        )
+        for case in ORDERED
+        for generic in (False, True)
+    ],
+)
+async def test_each_filter_reads_its_own_index_in_order(
+    filled: asyncpg.Pool, case: str, generic: bool
+) -> None:
+    where, index = ORDERED[case]
+    plan = await explain(filled, where, generic)
+    assert_no_table_scan(plan)
+    assert not any("Sort" in n["Node Type"] for n in nodes(plan)), shown(plan)
+    (scan,) = plan["Plans"]
+    assert scan["Node Type"] in {"Index Scan", "Index Only Scan"}, shown(plan)
+    assert scan["Index Name"] == index, shown(plan)
+    assert scan["Scan Direction"] == "Backward", shown(plan)
+    assert "Filter" not in scan, shown(plan)  # nothing read only to be thrown away
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
+@pytest.mark.parametrize("case", list(FEW))
+async def test_a_selective_filter_reads_only_its_rows_through_its_index(
+    filled: asyncpg.Pool, case: str, generic: bool
+) -> None:
+    where, index = FEW[case]
+    plan = await explain(filled, where, generic)
+    assert_no_table_scan(plan)
+    (scan,) = scans(plan)
+    assert scan["Index Name"] == index, shown(plan)
+    assert "Filter" not in scan, shown(plan)
+    for node in nodes(plan):
+        if "Sort" in node["Node Type"]:
+            assert node["Plan Rows"] <= 100, shown(plan)
+        assert not node["Node Type"].startswith("Bitmap") or node["Plan Rows"] <= 100, shown(plan)
+
+
+@pytest.mark.parametrize("provider", [None, QUIET])
+async def test_a_page_before_a_postback_id_takes_its_time_from_the_primary_key(
+    filled: asyncpg.Pool, provider: str | None
+) -> None:
+    plan = await explain(filled, read.LogFilter(provider=provider, before_id=ROWS // 2), False)
+    assert_no_table_scan(plan)
+    assert not any("Sort" in n["Node Type"] for n in nodes(plan)), shown(plan)
+    names = [n["Index Name"] for n in scans(plan)]
+    index = "postback_log_time" if provider is None else "postback_log_provider"
+    assert sorted(names) == sorted(["postback_log_pkey", index]), shown(plan)
+    (main,) = (n for n in scans(plan) if n["Index Name"] == index)
+    assert "Filter" not in main and main["Scan Direction"] == "Backward", shown(plan)
