@@ -212,9 +212,14 @@ ALTER TABLE postback_log ADD COLUMN IF NOT EXISTS reason text;
 
 -- The log is read newest first by (received_at, id), whichever filter is given: each index
 -- below serves one filter, in that order, so a page is one short index scan on any log size.
+-- The index by time alone is partial on `id > 0` (true of every row), a condition only a read
+-- without an equality filter states (read.postbacks_query): a read of one wall is then never
+-- planned as a walk down the time index discarding other walls' rows, which for a wall that
+-- has gone quiet would read everything since its last postback.
 DROP INDEX IF EXISTS postback_log_provider_id;
 DROP INDEX IF EXISTS postback_log_outcome_id;
-CREATE INDEX IF NOT EXISTS postback_log_time ON postback_log (received_at, id);
+DROP INDEX IF EXISTS postback_log_time;
+CREATE INDEX IF NOT EXISTS postback_log_recent ON postback_log (received_at, id) WHERE id > 0;
 CREATE INDEX IF NOT EXISTS postback_log_provider ON postback_log (provider, received_at, id);
 CREATE INDEX IF NOT EXISTS postback_log_outcome ON postback_log (outcome, received_at, id);
 CREATE INDEX IF NOT EXISTS postback_log_user ON postback_log (user_id, received_at, id);

@@ -176,6 +176,8 @@ def postbacks_query(where: LogFilter, limit: int) -> tuple[str, list[Any]]:
         value = getattr(where, column)
         if value is not None:
             clauses.append(f"{column} = {arg(value)}::text")
+    if not clauses:
+        clauses.append("id > 0")  # the predicate of postback_log_recent: see schema.sql
     if where.since is not None:
         clauses.append(f"received_at >= {arg(where.since)}::timestamptz")
     if where.until is not None:

@@ -32,6 +32,7 @@ _CURSOR = re.compile(r"p([0-9]{1,19})")
 _LOG_CURSOR = re.compile(r"t(-?[0-9]{1,19})\.([0-9]{1,19})")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
+_SPACED_OFFSET = re.compile(r"[0-9] [0-9]{2}:[0-9]{2}\Z")
 _NUMBER = re.compile(r"[0-9]{1,19}")  # ASCII: str.isdigit() also admits "²"
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -181,6 +182,9 @@ def time_param(
     text = query.get(name, "")
     if not text:
         return None
+    if _SPACED_OFFSET.search(text):
+        # `+02:00` typed into a URL unescaped arrives as ` 02:00`: a space is no offset sign.
+        text = text[:-6] + "+" + text[-5:]
     try:
         value = dt.datetime.fromisoformat(text) if len(text) <= 40 else None
     except ValueError:

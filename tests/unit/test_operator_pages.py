@@ -111,6 +111,8 @@ def test_filters_that_do_not_parse_name_their_parameter(query: dict[str, str], c
 def test_filters_parse_offsets_and_a_form_s_naive_utc() -> None:
     where = postback_filter({"since": "2026-11-29T10:00:00+02:00", "user": "u"})
     assert where.since == dt.datetime(2026, 11, 29, 8, tzinfo=dt.UTC) and where.user_id == "u"
+    unescaped = postback_filter({"since": "2026-11-29T10:00:00 02:00"})  # "+" read as a space
+    assert unescaped.since == dt.datetime(2026, 11, 29, 8, tzinfo=dt.UTC)
     form = postback_filter({"since": "2026-11-29T08:00"}, naive_utc=True)
     assert form.since == dt.datetime(2026, 11, 29, 8, tzinfo=dt.UTC)
 
