@@ -102,6 +102,7 @@ async def test_schema_applies_on_an_empty_database(pool: asyncpg.Pool) -> None:
                 "events",
                 "holds",
                 "idempotency_keys",
+                "operator_sessions_ended",
                 "postback_log",
                 "receipt_offers",
                 "schema_upgrades",
