@@ -26,7 +26,7 @@ from service.settings import Settings
 
 from . import helpers
 
-pytest_plugins = ["tests.logcapture"]
+pytest_plugins = ["tests.logcapture", "tests.browser"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -40,7 +40,10 @@ HEADERS = {
         " frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not "no-referrer": under it a browser sends `Origin: null` with the pages' own forms,
+    # which the same-origin check of sign-in and sign-out must then refuse. "same-origin"
+    # sends this site's origin to itself and nothing (no URL, no user id) to another site.
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
 }
 
