@@ -182,25 +182,20 @@ async def home(request: web.Request, current: Session) -> web.StreamResponse:
     base_url = settings.server.public_url or "https://YOUR-WALLS-ADDRESS"
     walls = []
     for provider in settings.providers:
-        rows = [r for r in counts if r["provider"] == provider.name]
-        total = sum(r["n"] for r in rows)
-        by_outcome = {o.value: 0 for o in Outcome}
-        by_reason: dict[str, int] = {}
-        for r in rows:
-            by_outcome[r["outcome"]] = by_outcome.get(r["outcome"], 0) + r["n"]
-            if r["reason"]:
-                by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + r["n"]
-        failures = by_reason.get("signature", 0) + by_reason.get("replay", 0)
+        lines = summary_lines([r for r in counts if r["provider"] == provider.name])
+        total = sum(n for _, _, n in lines)
+        failures = sum(n for _, reason, n in lines if reason in SIGNATURE_FAILURES)
+        allowed = request.app[keys.WALLS].by_name[provider.name].allowed
         walls.append(
             {
                 "name": provider.name,
                 "protocol": provider.protocol,
                 "total": total,
-                "by_outcome": {k: v for k, v in by_outcome.items() if v},
-                "by_reason": by_reason,
+                "lines": lines,
                 "failures": failures,
                 "share": _percent(failures, total),
                 "last": last.get(provider.name),
+                "allowed": [str(network) for network in allowed],
                 "setup": setup_lines(provider, settings.server, base_url, show_token=False),
                 "token": bool(provider.token_list()),
             }
@@ -214,6 +209,21 @@ async def home(request: web.Request, current: Session) -> web.StreamResponse:
         public_url=settings.server.public_url,
         providers=providers,
     )
+
+
+SIGNATURE_FAILURES = ("signature", "replay")  # a bad signature, or one reused elsewhere
+
+
+def summary_lines(rows: list[Any]) -> list[tuple[str, str | None, int]]:
+    """A wall's counts by (outcome, reason), in the order outcomes are listed, the reasons of a
+    refusal each on a line of its own: what the walls page lists."""
+    order = {o.value: i for i, o in enumerate(Outcome)}
+    counts: dict[tuple[str, str | None], int] = {}
+    for r in rows:
+        key = (r["outcome"], r["reason"])
+        counts[key] = counts.get(key, 0) + r["n"]
+    ranked = sorted(counts, key=lambda k: (order.get(k[0], len(order)), k[0], k[1] or ""))
+    return [(outcome, reason, counts[outcome, reason]) for outcome, reason in ranked]
 
 
 def _percent(part: int, whole: int) -> str:

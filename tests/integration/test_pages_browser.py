@@ -429,7 +429,9 @@ async def test_walls_at_a_glance(client: Client, tab: Tab) -> None:
         ["medioot", "medioot-eu", "adgate"]
     )
     eu_wall = page.locator("#wall-medioot-eu")
-    await expect(eu_wall.locator(".outcomes .reason")).to_contain_text("Address not allowed")
+    await expect(eu_wall.locator(".outcomes .refused")).to_contain_text("Address not allowed")
+    await expect(eu_wall.locator("dd.allowed")).not_to_contain_text("any")
+    await expect(page.locator("#wall-adgate dd.allowed")).to_have_text("any (allowed_ips not set)")
     await expect(page.locator("#wall-medioot .outcomes")).to_contain_text("Bad signature")
     await expect(page.locator("#wall-medioot dd.last")).to_contain_text("UTC")
 

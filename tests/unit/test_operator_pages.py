@@ -14,7 +14,7 @@ from service.providers.base import identify
 from service.web import words
 from service.web.api import decode_log_cursor, encode_log_cursor, postback_filter
 from service.web.middlewares import ApiError
-from service.web.pages import _next, _percent
+from service.web.pages import _next, _percent, summary_lines
 
 
 def test_every_outcome_and_event_type_has_words() -> None:
@@ -122,3 +122,19 @@ def test_identify_reads_user_and_transaction_whatever_their_case() -> None:
     user, transaction = identify(params, ("subid", "transid"))
     assert user == "u1" and transaction == "t" * 255
     assert identify({"subid": ""}, ("subid", "transid")) == (None, None)
+
+
+def test_a_wall_s_summary_lists_outcomes_in_order_and_each_refusal_reason_apart() -> None:
+    rows = [
+        {"outcome": "rejected", "reason": "source_ip", "n": 2},
+        {"outcome": "credited", "reason": None, "n": 5},
+        {"outcome": "rejected", "reason": "signature", "n": 1},
+        {"outcome": "credited", "reason": None, "n": 1},  # two instances' rows: added up
+        {"outcome": "from-a-newer-version", "reason": None, "n": 1},
+    ]
+    assert summary_lines(rows) == [
+        ("credited", None, 6),
+        ("rejected", "signature", 1),
+        ("rejected", "source_ip", 2),
+        ("from-a-newer-version", None, 1),
+    ]
