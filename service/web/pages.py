@@ -88,24 +88,33 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
 PageHandler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 
 
-def page(handler: PageHandler) -> Handler:
-    """A page that needs a session: without one, the sign-in page (then back here)."""
+def html_errors(handler: Handler) -> Handler:
+    """A /ui/ handler whose database outage is a page saying so (503), not the API's JSON."""
 
     @functools.wraps(handler)
     async def serve(request: web.Request) -> web.StreamResponse:
         try:
-            current = await sessions.current(request)
-            if current is None:
-                raise web.HTTPSeeOther("/ui/sign-in?" + urlencode({"next": request.path_qs}))
-            try:
-                return await handler(request, current)
-            except ApiError as exc:
-                return render(
-                    request, "error.html", exc.status, session=current, message=exc.detail
-                )
+            return await handler(request)
         except Unavailable:
             message = "The database is not answering; try again in a moment."
             return render(request, "error.html", 503, message=message)
+
+    return serve
+
+
+def page(handler: PageHandler) -> Handler:
+    """A page that needs a session: without one, the sign-in page (then back here)."""
+
+    @html_errors
+    @functools.wraps(handler)
+    async def serve(request: web.Request) -> web.StreamResponse:
+        current = await sessions.current(request)
+        if current is None:
+            raise web.HTTPSeeOther("/ui/sign-in?" + urlencode({"next": request.path_qs}))
+        try:
+            return await handler(request, current)
+        except ApiError as exc:
+            return render(request, "error.html", exc.status, session=current, message=exc.detail)
 
     return serve
 
@@ -119,6 +128,7 @@ def _next(value: str) -> str:
     return value if ok and not value.startswith("//") else "/ui/"
 
 
+@html_errors
 async def sign_in_form(request: web.Request) -> web.StreamResponse:
     if await sessions.current(request) is not None:
         raise web.HTTPSeeOther(_next(request.query.get("next", "")))
@@ -157,6 +167,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     raise response
 
 
+@html_errors
 async def sign_out(request: web.Request) -> web.StreamResponse:
     current = await sessions.current(request)
     form = await _form(request)

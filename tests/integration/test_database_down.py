@@ -15,6 +15,7 @@ from ops.chaos.dbproxy import DatabaseProxy
 from service.app import create_app
 from tests import helpers
 from tests.helpers import AUTH, medioot, unique
+from tests.integration.test_pages import sign_in
 
 Client = TestClient  # type: ignore[type-arg]
 
@@ -52,6 +53,7 @@ async def test_outage_answers_503_and_recovers_without_restart(
         await proxied.get("/postbacks/medioot", params=medioot(user, unique("tx"), "1"))
     ).status == 200
     assert (await proxied.get("/readyz")).status == 200
+    assert (await sign_in(proxied)).status == 303  # an operator page session
 
     getattr(db, failure)()
     during = medioot(user, unique("tx"), "5")
@@ -64,6 +66,10 @@ async def test_outage_answers_503_and_recovers_without_restart(
     resp = await proxied.get(f"/v1/wallets/{user}", headers=AUTH)
     assert resp.status == 503
     assert (await resp.json())["error"] == "database_unavailable"
+    for page in ("/ui/", "/ui/sign-in", f"/ui/user?id={user}"):
+        resp = await proxied.get(page, allow_redirects=False)
+        assert resp.status == 503 and resp.content_type == "text/html", page
+        assert "database is not answering" in await resp.text()
     assert await events_for(pool, during["transid"]) == 0
 
     db.restore()
@@ -74,3 +80,4 @@ async def test_outage_answers_503_and_recovers_without_restart(
     assert await events_for(pool, during["transid"]) == 1
     resp = await proxied.get(f"/v1/wallets/{user}", headers=AUTH)
     assert (await resp.json())["balance"] == "6"
+    assert (await proxied.get("/ui/", allow_redirects=False)).status == 200
