@@ -97,6 +97,7 @@ NEGATIVE_BALANCE = Gauge(
     "The sum of the balances below zero, as a positive number: what the publisher is owed back",
     multiprocess_mode="mostrecent",
 )
+SIGN_IN_OUTCOMES = ("ok", "refused")
 OPERATOR_SIGN_INS = Counter(
     "ledger_operator_sign_ins_total",
     "Sign-ins to the operator pages, by outcome (ok, refused)",
@@ -175,3 +176,5 @@ def initialise(providers: Iterable[str], secrets: Iterable[tuple[str, int]] = ()
     for operation in Kind:
         for spend_outcome in SPEND_OUTCOMES:
             SPEND.labels(operation=operation.value, outcome=spend_outcome)
+    for sign_in in SIGN_IN_OUTCOMES:
+        OPERATOR_SIGN_INS.labels(outcome=sign_in)

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.app import create_app
 from service.domain.events import EventType, Outcome
 from service.domain.spending import Kind
-from service.metrics import AUTH_REASONS, SPEND_OUTCOMES
+from service.metrics import AUTH_REASONS, SIGN_IN_OUTCOMES, SPEND_OUTCOMES
 from tests import helpers
 from tests.helpers import medioot, unique
 
@@ -22,7 +22,7 @@ Client = TestClient[web.Request, web.Application]
 Series = tuple[str, frozenset[tuple[str, str]]]
 
 FIXED_LABEL_VALUES = {
-    "outcome": {o.value for o in Outcome} | set(SPEND_OUTCOMES),
+    "outcome": {o.value for o in Outcome} | set(SPEND_OUTCOMES) | set(SIGN_IN_OUTCOMES),
     "operation": {k.value for k in Kind},
     "reason": set(AUTH_REASONS),
     "type": {t.value for t in EventType},
