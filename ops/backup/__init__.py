@@ -1,0 +1,1 @@
+"""Backups: continuous archiving, point-in-time recovery, and the restore drill."""
