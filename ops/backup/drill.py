@@ -314,6 +314,25 @@ async def deliver(url: str, batch: Sequence[Sent], concurrency: int = 8) -> Coun
     return Counter(sent.outcome for sent in batch)
 
 
+def cli(config: Path, *args: str) -> tuple[int, str, str]:
+    """`python -m service <args> --config <config>` of this checkout; (exit code, out, err)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", *args, "--config", str(config)],
+        cwd=common.ROOT,
+        env=common._env(),  # this checkout's service, as the chaos scenarios run it
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else "(no output)"
+
+
 def answers(counts: Counter[str]) -> str:
     return ", ".join(f"{k} x{n}" for k, n in counts.most_common()) or "-"
 
@@ -415,6 +434,10 @@ class Drill:
 
         batch_a = postbacks.batch("a", opts.batch, reversals=opts.batch // 5)
         await self.send("batch A (after the base backup)", service, batch_a, "OK")
+        checkpoint = dirs["logs"] / "checkpoint.json"
+        code, out, err = await asyncio.to_thread(cli, service.config, "checkpoint")
+        checkpoint.write_text(out)
+        report.add("checkpoint (signed chain heads)", last_line(err), code == 0, "exit 0")
         target, point = await mark(primary)
         report.add("T, the recovery target time", target.isoformat())
         report.add(f"restore point {RESTORE_POINT!r}", point)
@@ -482,6 +505,11 @@ class Drill:
         again_service = Service(restored.dsn(), dirs["logs"] / "restored")
         code, line = await asyncio.to_thread(common.run_verify, again_service.config)
         report.add("verify, as restored", line or "(no output)", code == 0, "exit 0")
+        args = ("verify", "--checkpoint", str(checkpoint))
+        code, out, err = await asyncio.to_thread(cli, again_service.config, *args)
+        report.add(
+            "verify --checkpoint (taken before T)", last_line(out + err), code == 0, "exit 0"
+        )
         keys = await event_keys(restored.dsn())
         for label, batch, present in (
             ("first batch present", first, True),
