@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import keys, metrics, upkeep
+from . import keys, metrics, renames, upkeep
 from .db import connection
 from .domain.chain import ChainKey
 from .embedded import DATABASE, RUNTIME_ROLE, EmbeddedPostgres
@@ -70,6 +70,7 @@ async def database(
             if embedded is not None:
                 await connection.ensure_database(admin_dsn, DATABASE)
             await _migrate(dsns, embedded=embedded is not None, wait=wait)
+            await renames.check(dsns.owner, settings, wait=wait)  # a renamed wall: refuse
         yield dsns
     finally:
         if embedded is not None:

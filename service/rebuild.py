@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,21 +33,30 @@ async def rebuild(conn: asyncpg.Connection, key: ChainKey) -> tuple[int, int, in
             await conn.execute(f"LOCK TABLE {', '.join(PROJECTIONS)} IN ACCESS EXCLUSIVE MODE")
             await conn.execute(f"TRUNCATE {', '.join(PROJECTIONS)}")
             result = await replay(conn, "rebuild", key)
-            await _copy(conn, "wallets", ("user_id",), result.wallets, result.wallet_last)
+            await _copy(
+                conn,
+                "wallets",
+                ("user_id",),
+                result.wallets,
+                result.wallet_last,
+                result.wallet_at,
+            )
             await _copy(
                 conn,
                 "receipt_offers",
                 ("provider", "upload_offer_id"),
                 result.offers,
                 result.offer_last,
+                result.offer_at,
             )
-            await _copy(conn, "holds", ("hold_id",), result.holds, result.hold_last)
+            await _copy(conn, "holds", ("hold_id",), result.holds, result.hold_last, result.hold_at)
             await _copy(
                 conn,
                 "settlements",
                 ("provider", "link"),
                 result.settlements,
                 result.settlement_last,
+                result.settlement_at,
             )
     return result.events, len(result.wallets), len(result.offers)
 
@@ -57,20 +67,24 @@ async def _copy(
     keys: tuple[str, ...],
     states: Mapping[Any, msgspec.Struct],
     last: Mapping[Any, int],
+    at: Mapping[Any, dt.datetime],
 ) -> None:
     """Write one projection: a row per state, its key columns, then its Struct's fields (named
-    as the table's columns), then the position of its last event."""
+    as the table's columns), then the position of its last event and when that event was
+    recorded, which is the `updated_at` the write path gave the row (it sets now(), the time of
+    the transaction that recorded the event): a rebuilt row is the row the write path wrote."""
     if not states:
         return
     fields = type(next(iter(states.values()))).__struct_fields__
     await conn.copy_records_to_table(
         table,
-        columns=(*keys, *fields, "last_position"),
+        columns=(*keys, *fields, "last_position", "updated_at"),
         records=[
             (
                 *(key if isinstance(key, tuple) else (key,)),
                 *msgspec.structs.astuple(state),
                 last[key],
+                at[key],
             )
             for key, state in states.items()
         ],

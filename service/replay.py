@@ -5,6 +5,7 @@ projections; `rebuild` writes it in their place; checkpoints take the chain head
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 from dataclasses import dataclass, field
 
@@ -29,6 +30,12 @@ class Replay:
     settlement_last: dict[tuple[str, str], int] = field(default_factory=dict)
     holds: dict[str, holds.Hold] = field(default_factory=dict)
     hold_last: dict[str, int] = field(default_factory=dict)
+    # When each row's last event was recorded: the `updated_at` the write path gave the row,
+    # which sets it to now(), the time of the transaction that also recorded that event.
+    wallet_at: dict[str, dt.datetime] = field(default_factory=dict)
+    offer_at: dict[tuple[str, str], dt.datetime] = field(default_factory=dict)
+    settlement_at: dict[tuple[str, str], dt.datetime] = field(default_factory=dict)
+    hold_at: dict[str, dt.datetime] = field(default_factory=dict)
     chain_breaks: list[str] = field(default_factory=list)
     # With a boundary: each user's chain head (hex) among the events of transactions below it.
     heads: dict[str, str] = field(default_factory=dict)
@@ -67,19 +74,23 @@ async def replay(
         movement = settlement.move(result.settlements, event)
         result.wallets[user] = wallet.apply(result.wallets.get(user, empty), movement)
         result.wallet_last[user] = event.position
+        result.wallet_at[user] = event.recorded_at
         link = settlement.link(event)
         if link is not None and link in result.settlements:
             result.settlement_last[link] = event.position
+            result.settlement_at[link] = event.recorded_at
         offer = receipt_offers.offer_key(event)
         if offer is not None:
             result.offers[offer], _ = receipt_offers.apply(
                 result.offers.get(offer, no_offer), event, movement
             )
             result.offer_last[offer] = event.position
+            result.offer_at[offer] = event.recorded_at
         hold = holds.hold_id(event)
         if hold is not None:
             result.holds[hold] = holds.apply(result.holds.get(hold), event)
             result.hold_last[hold] = event.position
+            result.hold_at[hold] = event.recorded_at
         if c.chain == chain.UNKEYED:
             result.unkeyed += 1
         elif first_keyed is None:

@@ -125,6 +125,15 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # A wall profile (service/providers/profile.py): the whole profile for protocol "custom",
     # else overrides of the built-in profile's keys (tables merge key by key).
     profile: dict[str, Any] | None = None
+    # The name this wall had before (README, Renaming a provider). Events are keyed by
+    # (provider, key), so a wall renamed without this would have its old transactions credited
+    # again under the new name. With it, the wall's events go on being recorded under the old
+    # name: duplicates, reversals, receipt offers and signatures carry over unchanged.
+    renamed_from: str = ""
+
+    def recorded_as(self) -> str:
+        """The provider name this wall's events are recorded under."""
+        return self.renamed_from or self.name
 
     def secret_list(self) -> tuple[str, ...]:
         """The secrets a postback may be signed with, newest first."""
@@ -156,6 +165,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     integrity: Integrity = Integrity()
     providers: list[Provider] = []
     api_keys: list[ApiKey] = []
+    # Names of walls removed for good whose events stay in the log: start-up then does not
+    # take a new provider for one of them renamed (service/renames.py).
+    retired_providers: list[str] = []
 
     def chain_key(self) -> str:
         """The chain key, which serve, verify, rebuild and checkpoint cannot work without."""
@@ -364,6 +376,8 @@ def _validate(settings: Settings) -> None:
                     " scope spend records events under its name, so the two must differ"
                 )
 
+    _validate_names(settings, names)
+
     spend = settings.spend
     if not 0 < spend.idempotency_days <= 3650:
         raise ConfigError("config: spend.idempotency_days: must be from 0 (excluded) to 3650")
@@ -371,6 +385,43 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("config: spend.sweep_seconds: must be from 0 (excluded) to 3600")
     if not 0 < settings.ui.session_hours <= 168:
         raise ConfigError("config: ui.session_hours: must be from 0 (excluded) to 168")
+
+
+def _validate_names(settings: Settings, key_names: set[str]) -> None:
+    """`renamed_from` and `retired_providers`: names events were recorded under, which no
+    configured provider or API key may take again."""
+    providers = {p.name for p in settings.providers}
+    taken: dict[str, str] = {}
+    for i, p in enumerate(settings.providers):
+        if not p.renamed_from:
+            continue
+        where = f"providers[{i}].renamed_from"
+        old = p.renamed_from
+        if not _PROVIDER_NAME.fullmatch(old):
+            raise ConfigError(f"config: {where}: {old!r} is not a provider name")
+        if old == p.name:
+            raise ConfigError(f"config: {where}: {old!r} is the provider's own name")
+        if old in providers:
+            raise ConfigError(
+                f"config: {where}: {old!r} is another configured provider; a wall renamed no"
+                " longer has its old name"
+            )
+        if old in key_names:
+            raise ConfigError(f"config: {where}: {old!r} is an API key's name")
+        if old in taken:
+            raise ConfigError(
+                f"config: {where}: {old!r} is also the renamed_from of provider {taken[old]!r}"
+            )
+        taken[old] = p.name
+    for i, name in enumerate(settings.retired_providers):
+        where = f"retired_providers[{i}]"
+        if not _PROVIDER_NAME.fullmatch(name):
+            raise ConfigError(f"config: {where}: {name!r} is not a provider name")
+        if name in providers or name in taken:
+            raise ConfigError(
+                f"config: {where}: {name!r} is still in use by provider"
+                f" {taken.get(name, name)!r}; a retired name is one no wall has any more"
+            )
 
 
 def _token(token: str, where: str) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import time
 
+import msgspec
 import structlog
 from aiohttp import web
 from aiohttp.web import RequestPayloadError
@@ -183,6 +184,9 @@ async def _intake(
             refusal_status=exc.status,
             refusal_reason=exc.reason if isinstance(exc, Unauthenticated) else None,
         )
+    recorded_as = wall.config.recorded_as()
+    if normalised.provider != recorded_as:  # a renamed wall: its events keep the old name
+        normalised = msgspec.structs.replace(normalised, provider=recorded_as)
     return Submission(entry, answer, postback=normalised)
 
 

@@ -29,8 +29,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)
     for operation in catalogue.OPERATIONS:
+        handler = catalogue.strict(operation)  # unknown or repeated query parameters: 400
         if operation.method == "get":
-            app.router.add_get(operation.path, operation.handler)
+            app.router.add_get(operation.path, handler)
         else:
-            app.router.add_route(operation.method.upper(), operation.path, operation.handler)
+            app.router.add_route(operation.method.upper(), operation.path, handler)
     pages.add_routes(app)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -13,7 +14,17 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from tests.helpers import AUTH, MEDIOOT_SECRET, NO_SCOPE_KEY, READ_KEY, medioot, unique
+from service.web.catalogue import OPERATIONS
+from service.web.openapi import Operation
+from tests.helpers import (
+    AUTH,
+    MEDIOOT_SECRET,
+    NO_SCOPE_KEY,
+    READ_KEY,
+    SPEND_AUTH,
+    medioot,
+    unique,
+)
 
 Client = TestClient[web.Request, web.Application]
 Json = dict[str, Any]
@@ -535,6 +546,65 @@ async def test_postback_log_records_the_request_id_it_answered_with(client: Clie
     assert resp.headers.get("X-Request-Id") == request_id
     (entry,) = of_user(await postbacks(client), user)
     assert entry.get("request_id") == request_id
+
+
+# --- query parameters: only those a route declares, once each -----------------------------------
+
+
+def _concrete(path: str) -> str:
+    """A /v1/ route template with every path parameter filled in."""
+    return re.sub(r"\{[^}]+\}", "x1", path)
+
+
+V1_GETS = [op for op in OPERATIONS if op.method == "get"]
+
+
+@pytest.mark.parametrize("operation", V1_GETS, ids=[op.path for op in V1_GETS])
+async def test_every_v1_get_route_refuses_an_unknown_query_parameter(
+    client: Client, operation: Operation
+) -> None:
+    declared = [p.name for p in operation.params if p.where == "query"]
+    resp = await client.get(_concrete(operation.path), headers=SPEND_AUTH, params={"user_id": "x"})
+    body = await resp.json()
+    assert resp.status == 400, body
+    assert body["error"] == "unknown_parameter"
+    assert "unknown query parameter user_id" in body["detail"]
+    expected = ", ".join(declared) if declared else "no query parameter"
+    assert body["detail"].endswith(expected)
+
+
+async def test_postbacks_with_user_id_is_refused_not_everyone_s_log(client: Client) -> None:
+    await credit(client, unique(), "1")
+    body = await get_json(client, "/v1/postbacks", status=400, params={"user_id": "x"})
+    assert body == {
+        "error": "unknown_parameter",
+        "detail": "unknown query parameter user_id; this route takes provider, outcome, user,"
+        " transaction, since, until, before, limit",
+    }
+
+
+async def test_a_repeated_query_parameter_answers_400(client: Client) -> None:
+    body = await get_json(client, "/v1/postbacks?limit=1&limit=2", status=400)
+    assert body["error"] == "repeated_parameter"
+    assert "limit" in body["detail"]
+
+
+async def test_an_unprintable_parameter_name_is_shown_escaped(client: Client) -> None:
+    body = await get_json(client, "/v1/postbacks?%E2%80%8Bx%00=1", status=400)
+    assert body["error"] == "unknown_parameter"
+    assert "\\x00" in body["detail"] and "\x00" not in body["detail"]
+
+
+async def test_declared_parameters_still_work(client: Client) -> None:
+    user = unique()
+    await credit(client, user, "1")
+    body = await get_json(client, "/v1/postbacks", params={"user": user, "limit": "5"})
+    assert len(body["postbacks"]) == 1
+
+
+async def test_an_unknown_parameter_without_a_key_is_401(client: Client) -> None:
+    resp = await client.get("/v1/postbacks", params={"user_id": "x"})
+    assert resp.status == 401
 
 
 # --- unknown routes, methods --------------------------------------------------------------------

@@ -284,3 +284,80 @@ async def test_rebuild_under_spending_neither_deadlocks_nor_loses_anything(
         held = await conn.fetchval("SELECT count(*) FROM holds WHERE status = 'captured'")
     assert report.ok, report.differences
     assert held > 0
+
+
+async def updated_at(pool: asyncpg.Pool) -> dict[str, list[Any]]:
+    """Every projection row's key, last position and updated_at."""
+    return {
+        table: [
+            tuple(r)
+            for r in await pool.fetch(
+                f"SELECT {key}, last_position, updated_at FROM {table} ORDER BY {key}"
+            )
+        ]
+        for table, key in (
+            ("wallets", "user_id"),
+            ("receipt_offers", "provider, upload_offer_id"),
+            ("settlements", "provider, link"),
+            ("holds", "hold_id"),
+        )
+    }
+
+
+async def test_rebuild_keeps_the_updated_at_the_write_path_gave_each_row(
+    client: Client, pool: asyncpg.Pool, database_url: str
+) -> None:
+    """The write path sets updated_at to now(), its transaction's time, which is also the
+    recorded_at of the events that transaction appends: rebuild gives back the same value."""
+    user = unique()
+    tx = await credit(client, user, "10")
+    await asyncio.sleep(0.01)  # distinct transaction times
+    await credit(client, user, "3")
+    await asyncio.sleep(0.01)
+    resp = await client.get("/postbacks/medioot", params=medioot(user, tx, "10", "2"))
+    assert await resp.text() == "OK"
+    hold = await client.post(
+        f"/v1/wallets/{user}/holds",
+        json={"amount": "1"},
+        headers={**helpers.SPEND_AUTH, "Idempotency-Key": unique("idem")},
+    )
+    assert hold.status == 201, await hold.text()
+    settings = helpers.settings(
+        database_url,
+        providers=[
+            {"name": "medioot", "protocol": "medioot", "secret": helpers.MEDIOOT_SECRET},
+            {"name": "adgate", "protocol": "adgate_receipts", "url_token": "rebuild-token-0000"},
+        ],
+    )
+    adgate = TestClient(__import__("aiohttp").test_utils.TestServer(create_app(settings)))
+    await adgate.start_server()
+    try:
+        offer = unique("uo")
+        for status in ("MANUAL_REVIEW", "APPROVED"):
+            await asyncio.sleep(0.01)
+            resp = await adgate.get(
+                "/postbacks/adgate/rebuild-token-0000",
+                params={
+                    "s1": user,
+                    "shm_upload_offer_id": offer,
+                    "shm_status": status,
+                    "shm_event_id": unique("ev"),
+                    "points": "5",
+                },
+            )
+            assert resp.status == 200
+    finally:
+        await adgate.close()
+
+    before = await updated_at(pool)
+    assert all(before.values()), before  # every projection has rows to compare
+    last = await pool.fetchrow(
+        "SELECT w.updated_at, e.recorded_at FROM wallets AS w"
+        " JOIN events AS e ON e.position = w.last_position WHERE w.user_id = $1",
+        user,
+    )
+    assert last["updated_at"] == last["recorded_at"]
+    await asyncio.sleep(0.01)
+    async with pool.acquire() as conn:
+        await rebuild(conn, KEY)
+    assert await updated_at(pool) == before

@@ -537,3 +537,43 @@ def test_public_url_must_be_scheme_and_host(url: str) -> None:
     assert "server.public_url: must be http(s)://host" in config_error(
         {"server": {"public_url": url}}
     )
+
+
+# --- renamed_from and retired_providers ----------------------------------------------------------
+
+
+def test_renamed_from_names_where_the_wall_s_events_are_recorded() -> None:
+    settings = parse({"providers": [medioot(name="new", renamed_from="old")]}, {})
+    assert settings.providers[0].recorded_as() == "old"
+    assert parse({"providers": [medioot()]}, {}).providers[0].recorded_as() == "medioot"
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ({"providers": [medioot(renamed_from="medioot")]}, "own name"),
+        (
+            {"providers": [medioot(renamed_from="other"), medioot(name="other")]},
+            "another configured provider",
+        ),
+        (
+            {"providers": [medioot(renamed_from="old"), medioot(name="b", renamed_from="old")]},
+            "also the renamed_from",
+        ),
+        ({"providers": [medioot(renamed_from="Old Name")]}, "not a provider name"),
+        (
+            {"providers": [medioot(renamed_from="reader")], "api_keys": [api_key()]},
+            "API key",
+        ),
+        ({"providers": [medioot()], "retired_providers": ["medioot"]}, "still in use"),
+        (
+            {"providers": [medioot(renamed_from="old")], "retired_providers": ["old"]},
+            "still in use",
+        ),
+        ({"retired_providers": [""]}, "not a provider name"),
+    ],
+)
+def test_renamed_from_and_retired_providers_are_checked(raw: dict[str, Any], words: str) -> None:
+    line = config_error(raw)
+    assert words in line
+    assert "renamed_from" in line or "retired_providers" in line
