@@ -187,9 +187,17 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);
 
 -- What arrived and how it was answered, refused postbacks included. Parameters are stored
--- with signatures and tokens removed.
+-- with signatures and tokens removed. Not the ledger: it is kept `postback_log.retention_days`.
+-- Partitioned by range of received_at, one partition per UTC day (postback_log_YYYYMMDD), so
+-- that expiry drops whole days (postback_log_expire below) instead of deleting rows, and a read
+-- given since/until opens only the days it covers. A day is the unit because retention is set
+-- in days and pages are read newest first: ~90 partitions at the default retention, each small
+-- enough to drop at once, few enough for the planner. `id` comes from the identity sequence
+-- and is unique on its own: each partition has a primary key on it (a key of the whole table
+-- would have to include received_at), which is what a lookup by id reads, one probe per
+-- partition.
 CREATE TABLE IF NOT EXISTS postback_log (
-    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id              bigint GENERATED ALWAYS AS IDENTITY,
     received_at     timestamptz NOT NULL DEFAULT now(),
     request_id      text        NOT NULL,
     provider        text        NOT NULL,
@@ -200,7 +208,7 @@ CREATE TABLE IF NOT EXISTS postback_log (
     method          text        NOT NULL,
     params          jsonb       NOT NULL DEFAULT '{}'::jsonb,
     event_position  bigint
-);
+) PARTITION BY RANGE (received_at);
 
 -- Who and what a postback was about, read from its parameters by the wall's field names even
 -- when it was refused (a bad signature still names its user), so that support finds every
@@ -225,6 +233,212 @@ CREATE INDEX IF NOT EXISTS postback_log_outcome ON postback_log (outcome, receiv
 CREATE INDEX IF NOT EXISTS postback_log_user ON postback_log (user_id, received_at, id);
 CREATE INDEX IF NOT EXISTS postback_log_transaction
     ON postback_log (transaction, received_at, id);
+
+-- A log written before the log was partitioned: an ordinary table, converted in place without
+-- copying its rows. It becomes the partition postback_log_legacy, covering everything before
+-- the UTC midnight after its newest row (the days from then on get partitions of their own),
+-- and is dropped whole by retention once that midnight is older than retention_days.
+-- Locking: this runs inside migrate's transaction. ACCESS EXCLUSIVE on the old table is taken
+-- first, so a service of the previous release still writing waits (its inserts resume, into the
+-- partitioned table of the same name, when migrate commits) rather than inserting behind the
+-- cut-over. What happens under that lock: one read of the old table to prove the CHECK
+-- constraint that lets ATTACH skip its own scan (a sequential read: about a second per few
+-- million rows, see the README), then catalog changes only: no row is copied and no index is
+-- built, since the old table's indexes are those of the new one and are attached as they are.
+-- Its identity sequence goes with its identity; the new table's ids continue after the old ones.
+DO $$
+DECLARE
+    cut timestamptz;
+    next_id bigint;
+    seq text;
+    ix record;
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = 'postback_log'::regclass) <> 'r' THEN
+        RETURN;
+    END IF;
+    LOCK TABLE postback_log IN ACCESS EXCLUSIVE MODE;
+    SELECT date_trunc('day', greatest(now(), max(received_at)), 'UTC') + interval '24 hours'
+    INTO cut FROM postback_log WHERE id > 0;
+    seq := pg_get_serial_sequence('postback_log', 'id');
+    EXECUTE format('SELECT greatest(last_value, (SELECT max(id) FROM postback_log)) + 1 FROM %s',
+                   seq) INTO next_id;
+    EXECUTE format('ALTER TABLE postback_log ADD CONSTRAINT postback_log_legacy_range'
+                   ' CHECK (received_at < %L)', cut);
+    ALTER TABLE postback_log ALTER COLUMN id DROP IDENTITY;
+    ALTER TABLE postback_log RENAME TO postback_log_legacy;
+    CREATE TABLE postback_log (LIKE postback_log_legacy INCLUDING DEFAULTS)
+        PARTITION BY RANGE (received_at);
+    EXECUTE format('ALTER TABLE postback_log ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY'
+                   ' (START WITH %s)', next_id);
+    EXECUTE format('ALTER TABLE postback_log ATTACH PARTITION postback_log_legacy'
+                   ' FOR VALUES FROM (MINVALUE) TO (%L)', cut);
+    -- Each index of the old table becomes <its name>_legacy, and the same index is made on the
+    -- new table under the old name: ATTACH finds the old one matching, and builds nothing.
+    FOR ix IN SELECT c.relname, i.indisprimary, pg_get_indexdef(i.indexrelid) AS def
+              FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+              WHERE i.indrelid = 'postback_log_legacy'::regclass ORDER BY c.relname LOOP
+        IF ix.indisprimary THEN
+            EXECUTE format('ALTER INDEX %I RENAME TO postback_log_pkey_legacy', ix.relname);
+        ELSE
+            EXECUTE format('ALTER INDEX %I RENAME TO %I', ix.relname, ix.relname || '_legacy');
+            EXECUTE format('CREATE INDEX %I ON postback_log %s', ix.relname,
+                           substring(ix.def FROM ' USING .*'));
+        END IF;
+    END LOOP;
+END;
+$$;
+
+-- The partitions, each with its UTC range (MINVALUE for the converted log's), whether it is the
+-- default partition, and about how many rows it holds (from the statistics): how to look at
+-- them is `SELECT * FROM postback_log_partitions()`.
+CREATE OR REPLACE FUNCTION postback_log_partitions(parent text DEFAULT 'postback_log')
+RETURNS TABLE (partition regclass, range_from timestamptz, range_to timestamptz,
+               is_default boolean, approx_rows bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT c.oid::regclass,
+           CASE WHEN b.m[1] = 'MINVALUE' THEN '-infinity' ELSE trim(b.m[1], '''') END::timestamptz,
+           CASE WHEN b.m[2] = 'MAXVALUE' THEN 'infinity' ELSE trim(b.m[2], '''') END::timestamptz,
+           b.m IS NULL,
+           greatest(c.reltuples, 0)::bigint
+    FROM pg_inherits AS i
+    JOIN pg_class AS c ON c.oid = i.inhrelid
+    CROSS JOIN LATERAL (SELECT regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                                            '^FOR VALUES FROM \((.*)\) TO \((.*)\)$') AS m) AS b
+    WHERE i.inhparent = parent::regclass
+    ORDER BY 3, 2
+$$;
+
+-- Makes the partitions of the UTC days first_day to last_day that are missing, and the default
+-- partition, which takes any row no day's partition covers (the upkeep fell behind, or a time
+-- far off), so that an insert never fails for want of a partition. A row in the default
+-- partition is moved into its day's partition when that is made, and deleted by expiry once
+-- older than retention. Every service process calls this at start-up and hourly (for today and
+-- the next days), migrate at each run: one at a time, by the advisory lock, and each making only
+-- what is missing. A partition is made as a table of its own, given the parent's indexes under
+-- names of its own (<parent's index>_<day>) and a primary key on id, then attached: ATTACH
+-- needs only SHARE UPDATE EXCLUSIVE on postback_log, which neither reads nor inserts conflict
+-- with (and a short ACCESS EXCLUSIVE on the default partition, whose rows it checks).
+-- SECURITY DEFINER: the runtime role may call it (roles.py), and it acts as the tables' owner,
+-- on postback_log's partitions only; names are schema-qualified, so no temporary table of the
+-- caller stands in for one of them.
+CREATE OR REPLACE FUNCTION postback_log_prepare(first_day date, last_day date)
+RETURNS TABLE (partition text, moved bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+    here text := current_schema();
+    parent text := format('%I.postback_log', current_schema());
+    columns text;
+    deflt text;
+    day date;
+    suffix text;
+    bound text;
+    lo timestamptz;
+    hi timestamptz;
+    ix record;
+BEGIN
+    IF last_day - first_day > 400 THEN
+        RAISE EXCEPTION 'postback_log_prepare: at most 400 days at once';
+    END IF;
+    PERFORM pg_advisory_xact_lock(380475);  -- 0x5CE3B, one maintenance at a time
+    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO columns
+    FROM pg_attribute WHERE attrelid = parent::regclass AND attnum > 0 AND NOT attisdropped;
+    SELECT p.partition::text INTO deflt FROM postback_log_partitions(parent) AS p
+    WHERE p.is_default;
+    FOR day IN SELECT d::date FROM generate_series(first_day, last_day, interval '1 day') AS d
+    LOOP
+        lo := day::timestamp AT TIME ZONE 'UTC';
+        hi := (day + 1)::timestamp AT TIME ZONE 'UTC';
+        CONTINUE WHEN EXISTS (SELECT 1 FROM postback_log_partitions(parent) AS p
+                              WHERE NOT p.is_default AND p.range_from < hi AND p.range_to > lo);
+        suffix := to_char(day, 'YYYYMMDD');
+        partition := 'postback_log_' || suffix;
+        bound := format('FOR VALUES FROM (%L) TO (%L)', lo, hi);
+        moved := 0;
+        EXECUTE format('CREATE TABLE %I.%I (LIKE %s)', here, partition, parent);
+        -- Rows of this day that went to the default partition while this one was missing.
+        IF deflt IS NOT NULL THEN
+            EXECUTE format('WITH m AS (DELETE FROM %s WHERE received_at >= $1 AND received_at < $2'
+                           ' RETURNING %s) INSERT INTO %I.%I (%s) SELECT %s FROM m',
+                           deflt, columns, here, partition, columns, columns) USING lo, hi;
+            GET DIAGNOSTICS moved = ROW_COUNT;
+        END IF;
+        FOR ix IN SELECT c.relname, pg_get_indexdef(i.indexrelid) AS def
+                  FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+                  WHERE i.indrelid = parent::regclass LOOP
+            EXECUTE format('CREATE INDEX %I ON %I.%I %s', ix.relname || '_' || suffix, here,
+                           partition, substring(ix.def FROM ' USING .*'));
+        END LOOP;
+        EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT %I PRIMARY KEY (id)', here, partition,
+                       'postback_log_pkey_' || suffix);
+        EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I %s', parent, here, partition, bound);
+        RETURN NEXT;
+    END LOOP;
+    IF deflt IS NULL THEN
+        partition := 'postback_log_default';
+        moved := 0;
+        EXECUTE format('CREATE TABLE %I.%I (LIKE %s)', here, partition, parent);
+        FOR ix IN SELECT c.relname, pg_get_indexdef(i.indexrelid) AS def
+                  FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+                  WHERE i.indrelid = parent::regclass LOOP
+            EXECUTE format('CREATE INDEX %I ON %I.%I %s', ix.relname || '_default', here,
+                           partition, substring(ix.def FROM ' USING .*'));
+        END LOOP;
+        EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT postback_log_pkey_default'
+                       ' PRIMARY KEY (id)', here, partition);
+        EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I DEFAULT', parent, here, partition);
+        RETURN NEXT;
+    END IF;
+END;
+$$;
+
+-- Drops every partition whose whole range is older than `retention_days` (from 1 to 3650),
+-- and deletes the rows of the default partition that are: a row is kept at least that long,
+-- and at most a day more. Answers each partition dropped with about how many rows it held
+-- (the default partition's with the rows deleted). Dropping a partition takes ACCESS EXCLUSIVE
+-- on postback_log for an instant: it waits at most lock_timeout for the reads and inserts under
+-- way (then fails, and the next pass tries again), rather than queue every new one behind it.
+-- SECURITY DEFINER like postback_log_prepare. The runtime role can already rewrite any row of
+-- the log (it is not the ledger, and carries no tamper evidence), so letting it expire old days
+-- gives it nothing new; it gains no right over any other table.
+CREATE OR REPLACE FUNCTION postback_log_expire(retention_days integer)
+RETURNS TABLE (partition text, approx_rows bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET lock_timeout = '5s' AS $$
+DECLARE
+    here text := current_schema();
+    parent text := format('%I.postback_log', current_schema());
+    cutoff timestamptz;
+    p record;
+BEGIN
+    IF retention_days IS NULL OR retention_days NOT BETWEEN 1 AND 3650 THEN
+        RAISE EXCEPTION 'postback_log_expire: retention_days must be from 1 to 3650';
+    END IF;
+    PERFORM pg_advisory_xact_lock(380475);  -- 0x5CE3B, one maintenance at a time
+    cutoff := now() - make_interval(hours => 24 * retention_days);
+    FOR p IN SELECT * FROM postback_log_partitions(parent) AS l
+             WHERE NOT l.is_default AND l.range_to <= cutoff LOOP
+        SELECT c.relname INTO partition FROM pg_class AS c WHERE c.oid = p.partition;
+        approx_rows := p.approx_rows;
+        EXECUTE format('DROP TABLE %I.%I', here, partition);
+        RETURN NEXT;
+    END LOOP;
+    FOR p IN SELECT * FROM postback_log_partitions(parent) AS l WHERE l.is_default LOOP
+        SELECT c.relname INTO partition FROM pg_class AS c WHERE c.oid = p.partition;
+        EXECUTE format('DELETE FROM %I.%I WHERE received_at < $1', here, partition)
+            USING cutoff;
+        GET DIAGNOSTICS approx_rows = ROW_COUNT;
+        IF approx_rows > 0 THEN
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END;
+$$;
+
+REVOKE EXECUTE ON FUNCTION postback_log_prepare(date, date) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION postback_log_expire(integer) FROM PUBLIC;
+
+-- Today's partition and the next days', and the default partition.
+SELECT count(*) FROM postback_log_prepare((now() AT TIME ZONE 'UTC')::date,
+                                          (now() AT TIME ZONE 'UTC')::date + 3);
 
 -- Projection: the receipt-offer state machine (AdGate Magic Receipts), one row per upload offer,
 -- updated in the same transaction as its events. APPROVED is final.

@@ -103,6 +103,12 @@ OPERATOR_SIGN_INS = Counter(
     "Sign-ins to the operator pages, by outcome (ok, refused)",
     ["outcome"],
 )
+POSTBACK_LOG_OLDEST = Gauge(
+    "ledger_postback_log_oldest_timestamp_seconds",
+    "Unix time of the oldest postback kept in the postback log (retention drops whole days);"
+    " 0 while the log is empty",
+    multiprocess_mode="mostrecent",
+)
 DATABASE_UP = Gauge(
     "ledger_database_up",
     "1 when the database answered the last health probe, else 0",

@@ -101,6 +101,13 @@ class Ui(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     session_hours: float = 8.0
 
 
+class PostbackLog(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # Days the postback log keeps a postback (events are the ledger and are kept for good). The
+    # log is partitioned by day: a whole day is dropped once all of it is older than this, so a
+    # row is kept from retention_days to a day more.
+    retention_days: int = 90
+
+
 class Integrity(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # The key of the events' HMAC chain and of checkpoints; never stored in the database.
     chain_key: str = ""
@@ -162,6 +169,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     writer: Writer = Writer()
     spend: Spend = Spend()
     ui: Ui = Ui()
+    postback_log: PostbackLog = PostbackLog()
     integrity: Integrity = Integrity()
     providers: list[Provider] = []
     api_keys: list[ApiKey] = []
@@ -383,6 +391,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("config: spend.idempotency_days: must be from 0 (excluded) to 3650")
     if not 0 < spend.sweep_seconds <= 3600:
         raise ConfigError("config: spend.sweep_seconds: must be from 0 (excluded) to 3600")
+    if not 1 <= settings.postback_log.retention_days <= 3650:
+        raise ConfigError("config: postback_log.retention_days: must be from 1 to 3650")
     if not 0 < settings.ui.session_hours <= 168:
         raise ConfigError("config: ui.session_hours: must be from 0 (excluded) to 168")
 

@@ -1,5 +1,6 @@
 """Background upkeep of every service process: the expiry sweep of holds, the retention of
-stored idempotency answers and of signed-out operator sessions, and the negative-balance gauges.
+stored idempotency answers and of signed-out operator sessions, the postback log's partitions
+(made ahead, dropped past retention), and the gauges.
 
 Every process runs it; they do not need to agree. Each expiry goes through the write path under
 its user's lock, where a hold already ended is left alone, so two processes sweeping the same
@@ -11,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import asyncpg
 from aiohttp import web
 
 from . import keys, metrics
-from .db import Unavailable, read, sessions
+from .db import Unavailable, partitions, read, sessions
 from .db.write import Spend, prune_answers
 from .domain.spending import Command, Kind
 from .logs import log
@@ -22,12 +24,21 @@ from .writer import Overloaded
 
 SWEEP_BATCH = 500  # expired holds released per pass
 SLOW_EVERY = 15.0  # seconds between the gauges' refresh and a retention pass
+# Seconds between two passes over the postback log's partitions (the first at start-up), and
+# before another try when one could not finish.
+PARTITIONS_EVERY = 3600.0
+PARTITIONS_RETRY = 60.0
 
 
 async def run(app: web.Application) -> None:
     settings = app[keys.SETTINGS].spend
-    slow_due = 0.0
+    slow_due = partitions_due = 0.0
     while True:
+        if time.monotonic() >= partitions_due:
+            done = await tend_postback_log(
+                app[keys.POOL], app[keys.SETTINGS].postback_log.retention_days
+            )
+            partitions_due = time.monotonic() + (PARTITIONS_EVERY if done else PARTITIONS_RETRY)
         try:
             await sweep(app)
             if time.monotonic() >= slow_due:
@@ -73,3 +84,29 @@ async def refresh_gauges(app: web.Application) -> None:
     # Prometheus samples are floating point: the gauge is for alerting on exposure; the exact
     # sum is in the wallets table (`SELECT sum(balance) FROM wallets WHERE balance < 0`).
     metrics.NEGATIVE_BALANCE.set(float(-total))
+
+
+async def tend_postback_log(pool: asyncpg.Pool, retention_days: int) -> bool:
+    """Make the postback log's partitions for today and the next days, drop those past
+    retention, and refresh the oldest-postback gauge; False when it could not finish. Every
+    process does it: the database runs one pass at a time, and the others find nothing to do."""
+    try:
+        for partition, moved in await partitions.prepare(pool):
+            log.info("postback log partition created", partition=partition, rows_moved=moved)
+        for partition, rows in await partitions.expire(pool, retention_days):
+            log.info(
+                "postback log partition dropped",
+                partition=partition,
+                approx_rows=rows,
+                retention_days=retention_days,
+            )
+        oldest = await partitions.oldest(pool)
+    except (Unavailable, asyncpg.LockNotAvailableError) as exc:
+        # LockNotAvailable: a drop waited its lock_timeout for the log's readers and writers.
+        log.warning("postback log partitions skipped a pass", error=str(exc))
+        return False
+    except Exception:
+        log.exception("postback log partitions pass failed")
+        return False
+    metrics.POSTBACK_LOG_OLDEST.set(0 if oldest is None else oldest.timestamp())
+    return True

@@ -84,10 +84,15 @@ SELECT c.relname AS name FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.inde
 WHERE i.indrelid = 'postback_log'::regclass AND NOT i.indisprimary
 """
 
+# Each index of the log, summed over the log's partitions (one per day).
 _SIZES = """
-SELECT c.relname AS name, pg_relation_size(c.oid) AS bytes
+SELECT c.relname AS name,
+       (SELECT sum(pg_relation_size(t.relid)) FROM pg_partition_tree(c.oid) AS t)::bigint AS bytes
 FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
 WHERE i.indrelid = 'postback_log'::regclass ORDER BY c.relname
+"""
+_TOTAL = """
+SELECT sum(pg_total_relation_size(relid))::bigint FROM pg_partition_tree('postback_log')
 """
 
 
@@ -115,6 +120,10 @@ async def fill(dsn: str, rows: int, users: int, end: dt.datetime) -> float:
         for index in await conn.fetch(_INDEXES):
             await conn.execute(f'DROP INDEX "{index["name"]}"')
         start = end - dt.timedelta(days=DAYS)
+        # A partition for each day, as the service's upkeep would have made them day by day.
+        await conn.fetch(
+            "SELECT * FROM postback_log_prepare($1::date, $2::date)", start.date(), end.date()
+        )
         step = dt.timedelta(days=DAYS) / max(1, rows // 10)
         done = 0
         while done < rows:
@@ -238,9 +247,11 @@ async def measure(pool: asyncpg.Pool, args: argparse.Namespace, end: dt.datetime
 async def sizes(dsn: str) -> list[str]:
     conn = await connect(dsn, wait=10)
     try:
-        table = await conn.fetchval("SELECT pg_table_size('postback_log')")
+        table = await conn.fetchval(
+            "SELECT sum(pg_table_size(relid))::bigint FROM pg_partition_tree('postback_log')"
+        )
         indexes = await conn.fetch(_SIZES)
-        total = await conn.fetchval("SELECT pg_total_relation_size('postback_log')")
+        total = await conn.fetchval(_TOTAL)
     finally:
         await conn.close()
     mib = 1024 * 1024

@@ -16,6 +16,10 @@ OTHER_GRANTS = "SELECT, INSERT, UPDATE"
 # Stored idempotency answers are deleted once they are older than their retention, and the
 # record of an operator session signed out early once that session would have expired.
 DELETABLE = ("idempotency_keys", "operator_sessions_ended")
+# The postback log's partitions are made and dropped by these functions (schema.sql), which run
+# as the tables' owner and touch nothing else: the runtime role may call them, and has no right
+# of its own to create or drop a table.
+EXECUTABLE = ("postback_log_prepare(date, date)", "postback_log_expire(integer)")
 # What the runtime role must not be able to do to the event log.
 FORBIDDEN = ("UPDATE", "DELETE", "TRUNCATE")
 
@@ -66,11 +70,14 @@ async def grant_runtime(conn: asyncpg.Connection, role: str) -> None:
         "SELECT c.oid::regclass::text FROM pg_class AS c"
         " WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')"
         " AND c.relname <> 'events' AND pg_has_role(c.relowner, 'USAGE')"
+        " AND NOT c.relispartition"  # reached through their table, whose grants apply
     )
     for (table,) in tables:
         await conn.execute(f"GRANT {OTHER_GRANTS} ON {table} TO {who}")
     for table in DELETABLE:
         await conn.execute(f"GRANT DELETE ON {_ident(table)} TO {who}")
+    for function in EXECUTABLE:
+        await conn.execute(f"GRANT EXECUTE ON FUNCTION {function} TO {who}")
 
 
 async def runtime_problems(conn: asyncpg.Connection, role: str) -> list[str]:

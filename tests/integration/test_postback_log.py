@@ -240,8 +240,10 @@ async def insert(pool: asyncpg.Pool, rows: list[tuple[dt.datetime, str, str, str
 
 
 def epoch() -> dt.datetime:
-    """A minute of its own, far in the past, for one test's rows."""
-    return dt.datetime(2001, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=random.randrange(10**6))
+    """A minute of its own, weeks in the past, for one test's rows: within the log's retention
+    (the service's upkeep deletes older rows), and before every row written now."""
+    start = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0) - dt.timedelta(days=60)
+    return start + dt.timedelta(minutes=random.randrange(30 * 24 * 60))
 
 
 async def test_since_is_inclusive_until_exclusive_with_any_offset(

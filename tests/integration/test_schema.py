@@ -96,7 +96,8 @@ async def test_schema_applies_on_an_empty_database(pool: asyncpg.Pool) -> None:
             await conn.execute(sql)
             await conn.execute(sql)
             tables = await conn.fetch(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'scratch' ORDER BY 1"
+                "SELECT relname FROM pg_class WHERE relnamespace = 'scratch'::regnamespace"
+                " AND relkind IN ('r', 'p') AND NOT relispartition ORDER BY 1"
             )
             assert [r[0] for r in tables] == [
                 "events",
@@ -110,6 +111,11 @@ async def test_schema_applies_on_an_empty_database(pool: asyncpg.Pool) -> None:
                 "signatures",
                 "wallets",
             ]
+            # The log's partitions: today's, the next three days', the default one.
+            partitions = await conn.fetch(
+                "SELECT partition::text, is_default FROM scratch.postback_log_partitions()"
+            )
+            assert [r["is_default"] for r in partitions] == [False] * 4 + [True]
             # Nothing to upgrade in a fresh database: each upgrade is only recorded as done.
             upgrades = await conn.fetch("SELECT name FROM scratch.schema_upgrades")
             assert [r[0] for r in upgrades] == ["receipt_conversions"]

@@ -179,3 +179,59 @@ async def test_legacy_adgate_conversions_keep_their_history_and_can_be_reversed(
     assert await balance(upgraded_client, user) == Decimal("0")
     report = await verify_as_owner(upgraded_database_url)
     assert report.ok, report.differences
+
+
+async def test_the_postback_log_is_converted_in_place_and_carries_on(
+    upgraded_client: Client, upgraded_database_url: str
+) -> None:
+    conn = await connect(upgraded_database_url, wait=10)
+    try:
+        assert await conn.fetchval(
+            "SELECT relkind::text FROM pg_class WHERE oid = 'postback_log'::regclass"
+        ) == ("p")
+        listed = await conn.fetch(
+            "SELECT partition::text, isfinite(range_from) AS bounded, range_to, is_default"
+            " FROM postback_log_partitions()"
+        )
+        legacy = listed[0]
+        # The old table itself, attached: everything before the midnight after its newest row.
+        assert (legacy["partition"], legacy["bounded"]) == ("postback_log_legacy", False)
+        old_max = await conn.fetchval("SELECT max(id) FROM postback_log_legacy")
+        old_rows = await conn.fetchval("SELECT count(*) FROM postback_log_legacy")
+        assert old_max is not None and old_rows > 0
+        newest = await conn.fetchval("SELECT max(received_at) FROM postback_log_legacy")
+        assert legacy["range_to"] > newest
+        assert [r["is_default"] for r in listed][-1]
+    finally:
+        await conn.close()
+
+    # The old rows, through the API: the page and each one by its id.
+    resp = await upgraded_client.get(
+        "/v1/postbacks", headers=helpers.AUTH, params={"limit": "1000"}
+    )
+    assert resp.status == 200, await resp.text()
+    page = (await resp.json())["postbacks"]
+    assert len(page) == old_rows
+    resp = await upgraded_client.get("/v1/postbacks/1", headers=helpers.AUTH)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["id"] == 1
+
+    # A new postback: its id follows the old ones.
+    user, _, _ = previous.MEDIOOT_CREDITS[0]
+    resp = await upgraded_client.get(
+        "/postbacks/medioot", params=helpers.medioot(user, "mtx-after-conversion", "1")
+    )
+    assert (resp.status, await resp.text()) == (200, "OK")
+    resp = await upgraded_client.get("/v1/postbacks", headers=helpers.AUTH, params={"limit": "1"})
+    (newest_entry,) = (await resp.json())["postbacks"]
+    assert newest_entry["id"] > old_max
+
+    # Migrating again changes nothing.
+    conn = await connect(upgraded_database_url, wait=10)
+    try:
+        before = await conn.fetch("SELECT partition::text FROM postback_log_partitions()")
+        await helpers.migrate_as_owner(upgraded_database_url)
+        after = await conn.fetch("SELECT partition::text FROM postback_log_partitions()")
+        assert before == after
+    finally:
+        await conn.close()
