@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sys
 from typing import TYPE_CHECKING, TextIO
 
@@ -78,23 +77,25 @@ def _settings(path: str | None) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # The server logs to stdout; one-shot commands keep stdout for their result.
-    logs.configure(stream=sys.stdout if args.command == "serve" else sys.stderr)
+    # Logs go to stderr, always: stdout holds a command's result and nothing else.
+    logs.configure(stream=sys.stderr)
     try:
         settings = _settings(args.config)
         if args.command == "serve":
             if args.workers < 1:
                 raise ConfigError("--workers must be at least 1")
             settings.chain_key()
+            config = args.config or os.environ["LEDGER_CONFIG"]
+            host = args.host or settings.server.host
+            port = args.port or settings.server.port
+            _check_ports(settings, port)
             if args.workers > 1:
                 from .supervisor import supervise
 
-                config = args.config or os.environ["LEDGER_CONFIG"]
-                host = args.host or settings.server.host
-                port = args.port or settings.server.port
-                _check_ports(settings, port)
                 return supervise(settings, config, host, port, args.workers)
-            return _serve(settings, args.host, args.port, reuse_port=args.worker)
+            from .serving import serve
+
+            return serve(settings, host, port, worker=args.worker, config_path=config)
         if args.command == "setup":
             return _setup(settings, args)
         return asyncio.run(_COMMANDS[args.command](settings, args))
@@ -112,70 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _serve(settings: Settings, host: str | None, port: int | None, reuse_port: bool) -> int:
-    from aiohttp import web
-
-    from .app import create_app, new_event_loop
-    from .logs import log
-
-    host = host or settings.server.host
-    port = port or settings.server.port
-    internal = settings.server.internal
-    _check_ports(settings, port)
-    log.info(
-        "serving",
-        host=host,
-        port=port,
-        internal=None if internal is None else f"{internal.host}:{internal.port}",
-        providers=[p.name for p in settings.providers],
-    )
-    if internal is None:
-        log.warning(
-            "no [server.internal] listener: /v1/ and /metrics share the walls' address",
-            host=host,
-            port=port,
-        )
-    sockets = []
-    try:
-        if internal is not None:
-            where = f"{internal.host}:{internal.port}"
-            sockets.append(_listen(internal.host, internal.port, reuse_port=reuse_port))
-        where = f"{host}:{port}"
-        web.run_app(
-            create_app(settings, migrate=not reuse_port),  # a worker: its supervisor migrated
-            loop=new_event_loop(),
-            host=host,
-            port=port,
-            sock=sockets or None,
-            access_log=None,
-            print=None,
-            reuse_port=reuse_port,
-            keepalive_timeout=settings.server.keepalive_timeout,
-            # After an early answer (408, 413), read what is left of a body for at most as
-            # long as a body may take, not aiohttp's default 10 s.
-            lingering_time=min(settings.server.read_timeout, 10.0),
-        )
-    except OSError as exc:
-        if isinstance(exc, ConnectionError):
-            raise
-        print(f"error: cannot serve on {where}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    finally:
-        for sock in sockets:
-            sock.close()
-    return 0
-
-
 def _check_ports(settings: Settings, port: int) -> None:
     internal = settings.server.internal
     if internal is not None and internal.port == port:
         raise ConfigError(f"--port: {port} is server.internal.port; the listeners need two ports")
-
-
-def _listen(host: str, port: int, *, reuse_port: bool) -> socket.socket:
-    """A listening TCP socket on host:port (SO_REUSEPORT under `--workers`)."""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-    return socket.create_server((host, port), family=family, reuse_port=reuse_port, backlog=128)
 
 
 async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
