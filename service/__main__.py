@@ -1,4 +1,5 @@
-"""Command line: serve, migrate, verify, rebuild, checkpoint, setup, simulate."""
+"""The postback ledger's commands: serve the walls and the internal API, apply the schema,
+check or rebuild the ledger, take a checkpoint, set up or test a wall."""
 
 from __future__ import annotations
 
@@ -23,38 +24,52 @@ EXIT_CONFIG = 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="postback-ledger", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the HTTP server")
+    parser = argparse.ArgumentParser(
+        prog="postback-ledger",
+        description=__doc__,
+        epilog="Results go to stdout, logs to stderr. Exit codes: 0 done, 1 failed, 2 bad"
+        " configuration or arguments, 3 (serve) a listener's address is in use.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str, **kwargs: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=text, description=text[0].upper() + text[1:] + ".", **kwargs
+        )
+
+    serve = command(
+        "serve",
+        "run the HTTP server: the walls' postbacks, the internal API, the operator pages",
+        epilog="SIGTERM or SIGINT stops it within server.shutdown_timeout (a second one at"
+        " once); SIGHUP reloads the providers, API keys and server.trusted_proxies from the"
+        " same file.",
+    )
     serve.add_argument("--host", help="listen address (default: server.host)")
     serve.add_argument("--port", type=int, help="listen port (default: server.port)")
     serve.add_argument(
         "--workers", type=int, default=1, help="processes serving the port (default: 1)"
     )
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    commands.add_parser("migrate", help="apply schema.sql (safe to repeat)")
-    verify = commands.add_parser(
-        "verify", help="check the event log, its protections and its projections (read-only)"
+    command("migrate", "apply schema.sql to the database (safe to repeat)")
+    verify = command(
+        "verify", "check the event log, its protections and its projections (read-only)"
     )
     verify.add_argument(
         "--checkpoint", metavar="FILE", help="also prove nothing before this checkpoint changed"
     )
-    commands.add_parser(
-        "rebuild", help="recompute every projection from the event log, then verify"
+    command("rebuild", "recompute the wallets and receipt offers from the event log, then verify")
+    command(
+        "checkpoint",
+        "verify, then print a signed digest of every chain head (store it away from the database)",
     )
-    commands.add_parser(
-        "checkpoint", help="verify, then print a signed digest of every chain head (keep it away)"
-    )
-    setup = commands.add_parser(
-        "setup", help="print the postback URL to paste into a wall's dashboard, and what else to do"
+    setup = command(
+        "setup", "print the postback URL to paste into a wall's dashboard, and what else to do"
     )
     setup.add_argument("provider", help="the provider's name")
     setup.add_argument(
         "--base-url", required=True, help="where the walls reach the service, e.g. https://host"
     )
-    simulate = commands.add_parser(
-        "simulate", help="send a postback built and signed as the provider's wall would"
-    )
+    simulate = command("simulate", "send a postback built and signed as the provider's wall would")
     simulate.add_argument("provider", help="the provider's name")
     simulate.add_argument("--user", required=True, help="the user id")
     simulate.add_argument("--amount", required=True, help="the amount, e.g. 10.50")

@@ -54,7 +54,7 @@ def supervise(settings: Settings, config: str, host: str, port: int, workers: in
             sock.close()
     except ListenError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_LISTEN
 
     total = settings.server.shutdown_timeout
     watchdog = Watchdog()
@@ -151,7 +151,7 @@ def supervise(settings: Settings, config: str, host: str, port: int, workers: in
                 _forget(metrics_dir, child.pid)
                 if child.returncode == EXIT_LISTEN:
                     log.error("a worker could not bind its listeners; stopping", pid=child.pid)
-                    code = 1
+                    code = EXIT_LISTEN
                     stop(signal.SIGTERM, None)
                     break
                 log.error("worker exited; starting another", pid=child.pid, code=child.returncode)
