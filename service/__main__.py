@@ -32,10 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, text: str, **kwargs: str) -> argparse.ArgumentParser:
-        return commands.add_parser(
-            name, help=text, description=text[0].upper() + text[1:] + ".", **kwargs
-        )
+    def command(name: str, text: str, epilog: str | None = None) -> argparse.ArgumentParser:
+        description = text[0].upper() + text[1:] + "."
+        return commands.add_parser(name, help=text, description=description, epilog=epilog)
 
     serve = command(
         "serve",
@@ -78,8 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--url", help="the service's address (default: http://server.host:server.port)"
     )
-    for command in commands.choices.values():
-        command.add_argument("--config", help="TOML file (default: $LEDGER_CONFIG)")
+    for each in commands.choices.values():
+        each.add_argument("--config", help="TOML file (default: $LEDGER_CONFIG)")
     return parser
 
 
