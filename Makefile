@@ -1,4 +1,5 @@
-# make run: start the service with ops/dev.toml (embedded PostgreSQL unless DATABASE_URL is set)
+# make run: start the service with ops/dev.toml (embedded PostgreSQL unless DATABASE_URL is set);
+# make run PORT=9090 HOST=0.0.0.0 listens elsewhere than the file's server.port and server.host
 # make test: the whole suite against a real PostgreSQL (embedded unless TEST_DATABASE_URL is set)
 
 PYTHON ?= python3
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m service serve --config ops/dev.toml
+	$(BIN)/python -m service serve --config ops/dev.toml$(if $(HOST), --host $(HOST))$(if $(PORT), --port $(PORT))
 
 migrate: $(STAMP)
 	$(BIN)/python -m service migrate --config ops/dev.toml

@@ -1,11 +1,11 @@
-"""Command line: serve, migrate, verify, rebuild, checkpoint, setup, simulate."""
+"""The postback ledger's commands: serve the walls and the internal API, apply the schema,
+check or rebuild the ledger, take a checkpoint, set up or test a wall."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
-import socket
 import sys
 from typing import TYPE_CHECKING, TextIO
 
@@ -24,38 +24,51 @@ EXIT_CONFIG = 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="postback-ledger", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the HTTP server")
+    parser = argparse.ArgumentParser(
+        prog="postback-ledger",
+        description=__doc__,
+        epilog="Results go to stdout, logs to stderr. Exit codes: 0 done, 1 failed, 2 bad"
+        " configuration or arguments, 3 (serve) a listener's address is in use.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str, epilog: str | None = None) -> argparse.ArgumentParser:
+        description = text[0].upper() + text[1:] + "."
+        return commands.add_parser(name, help=text, description=description, epilog=epilog)
+
+    serve = command(
+        "serve",
+        "run the HTTP server: the walls' postbacks, the internal API, the operator pages",
+        epilog="SIGTERM or SIGINT stops it within server.shutdown_timeout (a second one at"
+        " once); SIGHUP reloads the providers, API keys and server.trusted_proxies from the"
+        " same file.",
+    )
     serve.add_argument("--host", help="listen address (default: server.host)")
     serve.add_argument("--port", type=int, help="listen port (default: server.port)")
     serve.add_argument(
         "--workers", type=int, default=1, help="processes serving the port (default: 1)"
     )
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    commands.add_parser("migrate", help="apply schema.sql (safe to repeat)")
-    verify = commands.add_parser(
-        "verify", help="check the event log, its protections and its projections (read-only)"
+    command("migrate", "apply schema.sql to the database (safe to repeat)")
+    verify = command(
+        "verify", "check the event log, its protections and its projections (read-only)"
     )
     verify.add_argument(
         "--checkpoint", metavar="FILE", help="also prove nothing before this checkpoint changed"
     )
-    commands.add_parser(
-        "rebuild", help="recompute every projection from the event log, then verify"
+    command("rebuild", "recompute the wallets and receipt offers from the event log, then verify")
+    command(
+        "checkpoint",
+        "verify, then print a signed digest of every chain head (store it away from the database)",
     )
-    commands.add_parser(
-        "checkpoint", help="verify, then print a signed digest of every chain head (keep it away)"
-    )
-    setup = commands.add_parser(
-        "setup", help="print the postback URL to paste into a wall's dashboard, and what else to do"
+    setup = command(
+        "setup", "print the postback URL to paste into a wall's dashboard, and what else to do"
     )
     setup.add_argument("provider", help="the provider's name")
     setup.add_argument(
         "--base-url", required=True, help="where the walls reach the service, e.g. https://host"
     )
-    simulate = commands.add_parser(
-        "simulate", help="send a postback built and signed as the provider's wall would"
-    )
+    simulate = command("simulate", "send a postback built and signed as the provider's wall would")
     simulate.add_argument("provider", help="the provider's name")
     simulate.add_argument("--user", required=True, help="the user id")
     simulate.add_argument("--amount", required=True, help="the amount, e.g. 10.50")
@@ -64,8 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--url", help="the service's address (default: http://server.host:server.port)"
     )
-    for command in commands.choices.values():
-        command.add_argument("--config", help="TOML file (default: $LEDGER_CONFIG)")
+    for each in commands.choices.values():
+        each.add_argument("--config", help="TOML file (default: $LEDGER_CONFIG)")
     return parser
 
 
@@ -78,23 +91,25 @@ def _settings(path: str | None) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # The server logs to stdout; one-shot commands keep stdout for their result.
-    logs.configure(stream=sys.stdout if args.command == "serve" else sys.stderr)
+    # Logs go to stderr, always: stdout holds a command's result and nothing else.
+    logs.configure(stream=sys.stderr)
     try:
         settings = _settings(args.config)
         if args.command == "serve":
             if args.workers < 1:
                 raise ConfigError("--workers must be at least 1")
             settings.chain_key()
+            config = args.config or os.environ["LEDGER_CONFIG"]
+            host = args.host or settings.server.host
+            port = args.port or settings.server.port
+            _check_ports(settings, port)
             if args.workers > 1:
                 from .supervisor import supervise
 
-                config = args.config or os.environ["LEDGER_CONFIG"]
-                host = args.host or settings.server.host
-                port = args.port or settings.server.port
-                _check_ports(settings, port)
                 return supervise(settings, config, host, port, args.workers)
-            return _serve(settings, args.host, args.port, reuse_port=args.worker)
+            from .serving import serve
+
+            return serve(settings, host, port, worker=args.worker, config_path=config)
         if args.command == "setup":
             return _setup(settings, args)
         return asyncio.run(_COMMANDS[args.command](settings, args))
@@ -112,70 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _serve(settings: Settings, host: str | None, port: int | None, reuse_port: bool) -> int:
-    from aiohttp import web
-
-    from .app import create_app, new_event_loop
-    from .logs import log
-
-    host = host or settings.server.host
-    port = port or settings.server.port
-    internal = settings.server.internal
-    _check_ports(settings, port)
-    log.info(
-        "serving",
-        host=host,
-        port=port,
-        internal=None if internal is None else f"{internal.host}:{internal.port}",
-        providers=[p.name for p in settings.providers],
-    )
-    if internal is None:
-        log.warning(
-            "no [server.internal] listener: /v1/ and /metrics share the walls' address",
-            host=host,
-            port=port,
-        )
-    sockets = []
-    try:
-        if internal is not None:
-            where = f"{internal.host}:{internal.port}"
-            sockets.append(_listen(internal.host, internal.port, reuse_port=reuse_port))
-        where = f"{host}:{port}"
-        web.run_app(
-            create_app(settings, migrate=not reuse_port),  # a worker: its supervisor migrated
-            loop=new_event_loop(),
-            host=host,
-            port=port,
-            sock=sockets or None,
-            access_log=None,
-            print=None,
-            reuse_port=reuse_port,
-            keepalive_timeout=settings.server.keepalive_timeout,
-            # After an early answer (408, 413), read what is left of a body for at most as
-            # long as a body may take, not aiohttp's default 10 s.
-            lingering_time=min(settings.server.read_timeout, 10.0),
-        )
-    except OSError as exc:
-        if isinstance(exc, ConnectionError):
-            raise
-        print(f"error: cannot serve on {where}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    finally:
-        for sock in sockets:
-            sock.close()
-    return 0
-
-
 def _check_ports(settings: Settings, port: int) -> None:
     internal = settings.server.internal
     if internal is not None and internal.port == port:
         raise ConfigError(f"--port: {port} is server.internal.port; the listeners need two ports")
-
-
-def _listen(host: str, port: int, *, reuse_port: bool) -> socket.socket:
-    """A listening TCP socket on host:port (SO_REUSEPORT under `--workers`)."""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-    return socket.create_server((host, port), family=family, reuse_port=reuse_port, backlog=128)
 
 
 async def _migrate(settings: Settings, args: argparse.Namespace) -> int:

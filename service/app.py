@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aiohttp import web
 
-from . import keys, metrics, renames, upkeep
-from .db import connection
+from . import keys, live, metrics, renames, upkeep
+from .db import Unavailable, connection
 from .domain.chain import ChainKey
 from .embedded import DATABASE, RUNTIME_ROLE, EmbeddedPostgres
 from .feed import FeedSignal
 from .logs import log
 from .settings import Settings
 from .web import listeners, middlewares
-from .web.auth import ApiKeys
 from .web.routes import add_routes
-from .web.walls import Walls
 from .writer import Writer
+
+T = TypeVar("T")
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -48,20 +51,54 @@ class Dsns:
     owner: str
 
 
+# While the database does not answer at start-up: how often to try again, and how often to say
+# so in the log (the first failure at once, then at most once per WAIT_LOG_EVERY seconds).
+RETRY_EVERY = 1.0
+WAIT_LOG_EVERY = 10.0
+
+
+async def until_answering(attempt: Callable[[], Awaitable[T]]) -> T:
+    """`attempt()`, tried again while the database is `Unavailable`, for as long as it takes
+    (cancel the task to give up): "waiting for the database" is logged with the error."""
+    logged = -math.inf
+    while True:
+        try:
+            return await attempt()
+        except Unavailable as exc:
+            if time.monotonic() - logged >= WAIT_LOG_EVERY:
+                logged = time.monotonic()
+                log.warning("waiting for the database", error=str(exc), retry_every=RETRY_EVERY)
+        await asyncio.sleep(RETRY_EVERY)
+
+
+async def _start_embedded(embedded: EmbeddedPostgres) -> str:
+    # Its thread cannot be cancelled: when the caller is (SIGTERM during start-up), let the
+    # start finish and stop the server again, so that no PostgreSQL outlives the process.
+    start = asyncio.ensure_future(asyncio.to_thread(embedded.start))
+    try:
+        return await asyncio.shield(start)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await start
+        await asyncio.to_thread(embedded.stop)
+        raise
+
+
 @contextlib.asynccontextmanager
 async def database(
-    settings: Settings, *, wait: float = 30.0, migrate: bool = True
+    settings: Settings, *, wait: float | None = 30.0, migrate: bool = True
 ) -> AsyncIterator[Dsns]:
     """`database.url` (and `owner_url`), or the embedded server started here, with its
     superuser as the owner and `RUNTIME_ROLE` as the runtime role. With `migrate`, schema.sql is
-    applied as the owner and the runtime role given its grants; without, nothing is changed."""
+    applied as the owner and the runtime role given its grants; without, nothing is changed.
+    `wait`: seconds to wait for the database to answer; None, until it does."""
     embedded, admin_dsn = None, ""
     db = settings.database
     if db.url:
         dsns = Dsns(runtime=db.url, owner=db.owner_url or db.url)
     else:
         embedded = EmbeddedPostgres(db.data_dir)
-        admin_dsn = await asyncio.to_thread(embedded.start)
+        admin_dsn = await _start_embedded(embedded)
         log.info("embedded postgresql started", data_dir=str(embedded.data_dir))
         owner = embedded.dsn(DATABASE)
         dsns = Dsns(runtime=connection.with_user(owner, RUNTIME_ROLE), owner=owner)
@@ -69,8 +106,17 @@ async def database(
         if migrate:
             if embedded is not None:
                 await connection.ensure_database(admin_dsn, DATABASE)
-            await _migrate(dsns, embedded=embedded is not None, wait=wait)
-            await renames.check(dsns.owner, settings, wait=wait)  # a renamed wall: refuse
+            if dsns.owner == dsns.runtime:
+                log.warning(
+                    "tamper evidence does not hold against the runtime role: database.owner_url"
+                    " is not set, so the service works as the role that owns the tables"
+                )
+            if wait is None:
+                await until_answering(lambda: _migrate(dsns, embedded=embedded is not None, wait=0))
+            else:
+                await _migrate(dsns, embedded=embedded is not None, wait=wait)
+            # A renamed wall without renamed_from: refuse (the database answered just now).
+            await renames.check(dsns.owner, settings, wait=wait or 0.0)
         yield dsns
     finally:
         if embedded is not None:
@@ -80,10 +126,6 @@ async def database(
 
 async def _migrate(dsns: Dsns, *, embedded: bool, wait: float) -> None:
     if dsns.owner == dsns.runtime:
-        log.warning(
-            "tamper evidence does not hold against the runtime role: database.owner_url is not"
-            " set, so the service works as the role that owns the tables"
-        )
         problems = await connection.migrate(dsns.owner, wait=wait)
     else:
         role = RUNTIME_ROLE if embedded else await connection.role_of(dsns.runtime, wait=wait)
@@ -94,8 +136,12 @@ async def _migrate(dsns: Dsns, *, embedded: bool, wait: float) -> None:
         log.warning("tamper evidence does not hold against the runtime role", problem=problem)
 
 
-def create_app(settings: Settings, *, migrate: bool = True) -> web.Application:
-    """The service; `migrate=False` for a worker whose supervisor has migrated already."""
+def create_app(
+    settings: Settings, *, migrate: bool = True, config_path: str | None = None
+) -> web.Application:
+    """The service; `migrate=False` for a worker whose supervisor has migrated already.
+    `config_path`: the file `settings` came from, which a reload (SIGHUP) reads again. Its
+    start-up waits for the database for as long as it takes (cancel it to give up)."""
     settings.chain_key()  # refuse to start without one
     internal = settings.server.internal
     # The listener gate goes right after the request context, so its 404 is logged and carries
@@ -113,14 +159,11 @@ def create_app(settings: Settings, *, migrate: bool = True) -> web.Application:
     )
     app[keys.SETTINGS] = settings
     app[keys.MIGRATE] = migrate
-    app[keys.WALLS] = Walls.from_settings(settings)
-    app[keys.API_KEYS] = ApiKeys(settings.api_keys)
-    metrics.initialise(
-        (p.name for p in settings.providers),
-        ((p.name, max(len(p.secret_list()), len(p.token_list()))) for p in settings.providers),
-    )
+    app[keys.CONFIG] = live.LiveConfig(settings, config_path)
+    live.initialise_metrics(settings)
     app[keys.EXPOSITION] = metrics.SharedExposition(settings.server.metrics_max_age)
     app.cleanup_ctx.append(_database)
+    app.on_shutdown.append(_end_long_polls)
     add_routes(app)
     return app
 
@@ -140,13 +183,15 @@ async def _probe(app: web.Application) -> None:
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     db = settings.database
-    async with database(settings, migrate=app[keys.MIGRATE]) as dsns:
-        pool = await connection.create_pool(
-            dsns.runtime,
-            min_size=db.pool_min_size,
-            max_size=db.pool_max_size,
-            wait_limit=db.timeout,
-            chain_key=ChainKey(settings.chain_key()),
+    async with database(settings, migrate=app[keys.MIGRATE], wait=None) as dsns:
+        pool = await until_answering(
+            lambda: connection.create_pool(
+                dsns.runtime,
+                min_size=db.pool_min_size,
+                max_size=db.pool_max_size,
+                wait_limit=db.timeout,
+                chain_key=ChainKey(settings.chain_key()),
+            )
         )
         app[keys.POOL] = pool
         w = settings.writer
@@ -183,4 +228,18 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             await writer.close()  # answer every queued postback before the pool goes
             await refusals.close()
             await app[keys.FEED].stop()
-            await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), POOL_CLOSE_LIMIT)
+            except TimeoutError:
+                pool.terminate()  # a connection stuck on a dead server: do not wait for it
+
+
+POOL_CLOSE_LIMIT = 2.0  # seconds stopping gives the pool to close its connections politely
+
+
+async def _end_long_polls(app: web.Application) -> None:
+    """On shutdown, once the listeners are closed: answer every waiting `/v1/events?wait=` now,
+    with the cursor it had, instead of keeping the process up for the rest of its wait."""
+    feed = app.get(keys.FEED)
+    if feed is not None:
+        feed.close()

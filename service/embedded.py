@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,19 @@ RUNTIME_ROLE = "ledger_app"
 
 class EmbeddedError(Exception):
     pass
+
+
+# Every server this process started and has not stopped: what a forced exit still stops.
+_RUNNING: set[EmbeddedPostgres] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def stop_all() -> None:
+    """Stop (leave) every embedded server this process started; safe from any thread."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for server in running:
+        server.stop()
 
 
 def _pgserver(data_dir: Path) -> Any:
@@ -51,6 +65,7 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: str | Path) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self._server: Any = None
+        self._lock = threading.Lock()
 
     def start(self) -> str:
         """Start (or join) the server and return the DSN of its maintenance database."""
@@ -66,6 +81,8 @@ class EmbeddedPostgres:
                 f"embedded PostgreSQL in {self.data_dir} did not start: {exc}"
                 + (f" (server log: {' | '.join(tail)})" if tail else "")
             ) from exc
+        with _RUNNING_LOCK:
+            _RUNNING.add(self)
         dsn: str = self._server.get_uri()
         return dsn
 
@@ -74,9 +91,13 @@ class EmbeddedPostgres:
         return uri
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
+        """Leave the server (stopping it when no other process uses it); once is enough."""
+        with self._lock:
+            server, self._server = self._server, None
+            with _RUNNING_LOCK:
+                _RUNNING.discard(self)
+            if server is not None:
+                server.cleanup()
 
     def _forget_dead_handles(self) -> None:
         # The wheel stops the server when the last process that uses it leaves. A process killed

@@ -51,11 +51,19 @@ class FeedSignal:
         self._waiters: set[_Waiter] = set()
         self._head: Cursor | None = None  # the last head seen; the real one is never behind it
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._watch())]
 
+    def close(self) -> None:
+        """Let every reader go now, and every later one at once: the process is stopping."""
+        self._closing = True
+        for waiter in list(self._waiters):
+            waiter.wake(False)
+
     async def stop(self) -> None:
+        self.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -70,10 +78,12 @@ class FeedSignal:
         return len(self._waiters)
 
     async def wait(self, after: Cursor, seconds: float, gone: Callable[[], bool]) -> bool:
-        """True as soon as an event after `after` may be servable; False after `seconds`, or
-        once `gone()` says the reader's client has disconnected."""
+        """True as soon as an event after `after` may be servable; False after `seconds`, once
+        `gone()` says the reader's client has disconnected, or once the process is stopping."""
         if self._head is not None and self._head > after:
             return True
+        if self._closing:
+            return False
         waiter = _Waiter(after, gone)
         self._waiters.add(waiter)
         try:

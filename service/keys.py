@@ -6,19 +6,20 @@ import asyncpg
 from aiohttp import web
 
 from .feed import FeedSignal
+from .live import LiveConfig
 from .metrics import SharedExposition
 from .settings import Settings
-from .web.auth import ApiKeys
-from .web.walls import Walls
 from .writer import Writer
 
+# The settings the process started with: what only a restart changes (the database, the
+# writer...). What a reload changes (providers, API keys, trusted proxies) is read per request
+# through CONFIG (`live.of(request)`), never from here.
 SETTINGS = web.AppKey("settings", Settings)
+CONFIG = web.AppKey("config", LiveConfig)
 MIGRATE = web.AppKey("migrate", bool)  # whether start-up applies the schema
 POOL = web.AppKey("pool", asyncpg.Pool)
 WRITER = web.AppKey("writer", Writer)
 # Refused postbacks' log rows: a writer of their own (see web/postbacks.py).
 REFUSALS = web.AppKey("refusals", Writer)
-WALLS = web.AppKey("walls", Walls)
-API_KEYS = web.AppKey("api_keys", ApiKeys)
 FEED = web.AppKey("feed", FeedSignal)
 EXPOSITION = web.AppKey("exposition", SharedExposition)

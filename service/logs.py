@@ -2,8 +2,9 @@
 
 structlog renders the service's own events; the standard library's loggers (asyncpg's pool,
 aiohttp's server errors) go through the same renderer, so a library's traceback becomes one
-JSON line too. Each line is written with a single write call: several workers share stdout,
-and a line written in two calls can be split by another worker's.
+JSON line too. Logs go to stderr (stdout is for a command's result). Each line is written
+with a single write call: several workers share stderr, and a line written in two calls can be
+split by another worker's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ _SHARED: list[structlog.typing.Processor] = [
 ]
 
 
-def configure(level: str = "info", stream: TextIO = sys.stdout) -> None:
+def configure(level: str = "info", stream: TextIO = sys.stderr) -> None:
     render = structlog.processors.JSONRenderer(serializer=_json)
     handler = logging.StreamHandler(stream)  # writes message and newline in one call
     handler.setFormatter(

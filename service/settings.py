@@ -59,6 +59,9 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Scheme and host the walls call (e.g. "https://ledger.example.com"): what a wall profile
     # signing the whole URL (signature.over = "url") computes its signature with.
     public_url: str = ""
+    # Seconds a SIGTERM (or SIGINT) gives the process to stop: answer what it holds, stop the
+    # embedded PostgreSQL, exit. Past it, whatever is left is cut short; the database still stops.
+    shutdown_timeout: float = 10.0
 
 
 class Database(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -264,6 +267,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("config: server.metrics_max_age: must be from 0 to 60 seconds")
     if not (0 < server.read_timeout <= 300 and 0 < server.keepalive_timeout <= 3600):
         raise ConfigError("config: server.read_timeout/keepalive_timeout: must be positive seconds")
+    if not 0 < server.shutdown_timeout <= 300:
+        raise ConfigError(
+            "config: server.shutdown_timeout: must be from 0 (excluded) to 300 seconds"
+        )
     if server.public_url and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", server.public_url):
         raise ConfigError(
             "config: server.public_url: must be http(s)://host[:port], e.g."

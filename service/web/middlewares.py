@@ -10,7 +10,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from .. import keys
+from .. import keys, live
 from ..db import Unavailable
 from ..logs import log
 from .auth import API_KEY, Handler, required_scope
@@ -58,6 +58,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request_id = incoming if _REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    # The whole request is served with the configuration current now, even if a reload
+    # (SIGHUP) replaces it before the answer.
+    live.pin(request, request.app[keys.CONFIG])
     started = time.perf_counter()
     status = 500
     try:
@@ -113,7 +116,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <api key>")
-    key = request.app[keys.API_KEYS].find(token.strip())
+    key = live.of(request).api_keys.find(token.strip())
     if key is None:
         raise ApiError(401, "unauthorized", "unknown API key")
     if scope is not None and scope not in key.scopes:

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import jinja2
 from aiohttp import web
 
-from .. import keys
+from .. import keys, live
 from ..db import Unavailable, read
 from ..domain.amounts import format_amount
 from ..domain.events import Outcome
@@ -186,7 +186,8 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
 
 @page
 async def home(request: web.Request, current: Session) -> web.StreamResponse:
-    settings = request.app[keys.SETTINGS]
+    config = live.of(request)
+    settings = config.settings
     providers = [p.name for p in settings.providers]
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=SUMMARY_HOURS)
     counts, last = await read.postback_summary(request.app[keys.POOL], providers, since)
@@ -196,7 +197,7 @@ async def home(request: web.Request, current: Session) -> web.StreamResponse:
         lines = summary_lines([r for r in counts if r["provider"] == provider.name])
         total = sum(n for _, _, n in lines)
         failures = sum(n for _, reason, n in lines if reason in SIGNATURE_FAILURES)
-        allowed = request.app[keys.WALLS].by_name[provider.name].allowed
+        allowed = config.walls.by_name[provider.name].allowed
         walls.append(
             {
                 "name": provider.name,
@@ -288,7 +289,7 @@ _FILTERS = ("provider", "outcome", "user", "transaction", "since", "until")
 async def postbacks(request: web.Request, current: Session) -> web.StreamResponse:
     query = request.query
     filters = {name: query.get(name, "").strip() for name in _FILTERS}
-    providers = [p.name for p in request.app[keys.SETTINGS].providers]
+    providers = [p.name for p in live.of(request).settings.providers]
     context: dict[str, Any] = {
         "session": current,
         "filters": filters,

@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web import RequestPayloadError
 
-from .. import keys, metrics
+from .. import keys, live, metrics
 from ..db import Unavailable
 from ..db.write import LogEntry, Receipt, Submission, refusal_receipt
 from ..domain.amounts import format_amount
@@ -38,7 +38,7 @@ from .walls import Wall
 
 async def postback(request: web.Request) -> web.Response:
     started = time.perf_counter()
-    walls = request.app[keys.WALLS]
+    walls = live.of(request).walls
     wall = walls.by_name.get(request.match_info["name"])
     token = request.match_info.get("token")
     reversal = request.match_info.get("reversal") == "reversal"
@@ -125,7 +125,7 @@ async def _intake(
 ) -> Submission:
     """Authenticate and normalise one request into what the write path takes."""
     protocol = wall.protocol
-    server = request.app[keys.SETTINGS].server
+    server = live.of(request).settings.server
     refusal: Refused | None = None
     body = b""
     try:

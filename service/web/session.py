@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 from itsdangerous import BadData, URLSafeTimedSerializer
 
-from .. import keys, metrics
+from .. import keys, live, metrics
 from ..db import sessions
 from ..logs import log
 from ..providers.base import from_trusted_proxy
@@ -60,7 +60,7 @@ _UNVERIFIED = _serializer(b"")
 
 
 def _lifetime(request: web.Request) -> dt.timedelta:
-    return dt.timedelta(hours=request.app[keys.SETTINGS].ui.session_hours)
+    return dt.timedelta(hours=live.of(request).settings.ui.session_hours)
 
 
 async def current(request: web.Request) -> Session | None:
@@ -72,7 +72,7 @@ async def current(request: web.Request) -> Session | None:
     _, payload = _UNVERIFIED.loads_unsafe(raw)
     if not _well_formed(payload):
         return None
-    key = request.app[keys.API_KEYS].by_name(payload["k"])
+    key = live.of(request).api_keys.by_name(payload["k"])
     if key is None or "read" not in key.scopes:
         return None
     lifetime = _lifetime(request)
@@ -128,7 +128,7 @@ def key_for_sign_in(request: web.Request, presented: str) -> Key | None:
     name, never by value."""
     found = None
     if 0 < len(presented) <= _MAX_KEY:
-        found = request.app[keys.API_KEYS].find(presented.strip())
+        found = live.of(request).api_keys.find(presented.strip())
     if found is None or "read" not in found.scopes:
         metrics.OPERATOR_SIGN_INS.labels(outcome="refused").inc()
         log.warning("operator sign-in refused", api_key=found.name if found else None)
@@ -176,5 +176,5 @@ def _scheme(request: web.Request) -> str:
     if request.secure:
         return "https"
     proto = request.headers.get("X-Forwarded-Proto", "").strip().lower()
-    trusted = from_trusted_proxy(request.remote, request.app[keys.WALLS].trusted_proxies)
+    trusted = from_trusted_proxy(request.remote, live.of(request).walls.trusted_proxies)
     return "https" if proto == "https" and trusted else "http"
