@@ -16,10 +16,12 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+import asyncpg
 import msgspec
 from aiohttp import web
 
-from . import metrics
+from . import metrics, renames
+from .db import Unavailable
 from .logs import log
 from .settings import ConfigError, Settings, load
 from .text import one_line
@@ -29,7 +31,7 @@ from .web.walls import Walls
 # Of [server], what a reload changes; every other section but the providers and keys needs a
 # restart.
 SERVER_RELOADED = frozenset({"trusted_proxies", "public_url"})
-RELOADED = frozenset({"providers", "api_keys"})
+RELOADED = frozenset({"providers", "api_keys", "retired_providers"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +60,12 @@ class LiveConfig:
         self.current = Config.of(settings)
         self.path = path  # the file to read again; None: nothing to reload from
 
-    def reload(self, environ: Mapping[str, str] | None = None) -> bool:
-        """Read the file again and put what may change in place; False when it was refused."""
+    async def reload(
+        self, pool: asyncpg.Pool | None = None, environ: Mapping[str, str] | None = None
+    ) -> bool:
+        """Read the file again and put what may change in place; False when it was refused.
+        With `pool`, the new providers are checked against the event log's names as at
+        start-up (a wall renamed without renamed_from is refused)."""
         if self.path is None:
             log.error("configuration not reloaded: the service was not started from a file")
             return False
@@ -68,6 +74,8 @@ class LiveConfig:
             new = load(self.path, os.environ if environ is None else environ)
             merged = reloaded(old, new)
             config = Config.of(merged)
+            if pool is not None:
+                await _check_names(pool, merged)
         except ConfigError as exc:
             log.error("configuration not reloaded", path=self.path, error=str(exc))
             return False
@@ -88,13 +96,28 @@ class LiveConfig:
         return True
 
 
+async def _check_names(pool: asyncpg.Pool, settings: Settings) -> None:
+    try:
+        async with pool.acquire() as conn:
+            recorded = await renames.recorded_providers(conn)
+    except Unavailable as exc:
+        raise ConfigError(f"the provider names cannot be checked against the log: {exc}") from None
+    line = renames.problem(settings, recorded)
+    if line:
+        raise ConfigError(line)
+
+
 def reloaded(old: Settings, new: Settings) -> Settings:
     """`old` with what a reload changes taken from `new`."""
     server = msgspec.structs.replace(
         old.server, **{name: getattr(new.server, name) for name in SERVER_RELOADED}
     )
     return msgspec.structs.replace(
-        old, server=server, providers=new.providers, api_keys=new.api_keys
+        old,
+        server=server,
+        providers=new.providers,
+        api_keys=new.api_keys,
+        retired_providers=new.retired_providers,
     )
 
 

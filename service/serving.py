@@ -227,7 +227,15 @@ async def _run(
         loop.add_signal_handler(signal.SIGINT, lambda: None)
     else:
         loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
-    loop.add_signal_handler(signal.SIGHUP, app[keys.CONFIG].reload)
+    reloading: set[asyncio.Task[bool]] = set()  # held until done: a task nobody holds may vanish
+
+    def on_reload() -> None:
+        pool = app[keys.POOL] if keys.POOL in app else None  # no pool yet: start-up checks
+        task = asyncio.ensure_future(app[keys.CONFIG].reload(pool))
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
 
     internal = server.internal
     starting = web.AppRunner(

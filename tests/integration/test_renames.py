@@ -158,3 +158,32 @@ def test_problem_is_empty_for_a_new_log_and_for_an_added_wall(database_url: str)
     # A wall removed while every configured one has events: nothing looks like a rename.
     assert renames.problem(settings, {"new", "gone"}) == ""
     assert renames.problem(settings, {"gone"}) != ""
+
+
+async def test_a_reload_that_renames_a_wall_without_renamed_from_is_refused(
+    aiohttp_client: Any, fresh_database_url: str, tmp_path: Path
+) -> None:
+    from service.db.connection import create_pool
+    from service.live import LiveConfig
+
+    await credit_under_old(aiohttp_client, fresh_database_url)
+    config = tmp_path / "ledger.toml"
+    live = LiveConfig(named(fresh_database_url, "old"), str(config))
+    pool = await create_pool(
+        helpers.runtime_url(fresh_database_url), min_size=1, max_size=2, wait_limit=10
+    )
+
+    def write(provider: str) -> None:
+        config.write_text(
+            helpers.database_toml(fresh_database_url)
+            + f'[[providers]]\nname = "{provider}"\nprotocol = "medioot"\n'
+            f'secret = "{helpers.MEDIOOT_SECRET}"\n'
+        )
+
+    write("new")
+    assert not await live.reload(pool)  # the old transactions would be credited again
+    assert [p.name for p in live.current.settings.providers] == ["old"]
+    write('new"\nrenamed_from = "old')
+    assert await live.reload(pool)
+    assert [p.name for p in live.current.settings.providers] == ["new"]
+    await pool.close()
