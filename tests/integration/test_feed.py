@@ -28,7 +28,7 @@ Client = TestClient  # type: ignore[type-arg]
 
 _INSERT = """
 INSERT INTO events (provider, key, type, user_id, amount, provider_ref)
-VALUES ('feedtest', $1, 'credited', $2, 1, $1) RETURNING position
+VALUES ('medioot', $1, 'credited', $2, 1, $1) RETURNING position
 """
 
 
