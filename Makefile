@@ -1,6 +1,8 @@
 # make run: start the service with ops/dev.toml (embedded PostgreSQL unless DATABASE_URL is set);
 # make run PORT=9090 HOST=0.0.0.0 listens elsewhere than the file's server.port and server.host
 # make test: the whole suite against a real PostgreSQL (embedded unless TEST_DATABASE_URL is set)
+# Every target installs the package with its test and ops extras (the ops extra: what the
+# scripts under ops/ import, for make bench and make chaos)
 
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +16,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,ops]'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -7,7 +7,9 @@ seconds each way, so each commit is slow; `writer.max_queue` is small (`--max-qu
 `--duration` seconds, each as soon as the last was answered; a wall answered 503 waits what
 Retry-After says and sends the same postback again, as the walls do, until it is answered 200.
 It must hold that: every answer is 200 or 503, every 503 carries Retry-After, load was shed
-(some 503s: otherwise the burst was not beyond capacity and nothing was shown); the p99 latency
+(some 503s: otherwise the burst was not beyond capacity and nothing was shown), each of them
+counted as outcome `shed` in the access lines and none `unavailable` (overload is not an
+outage: LedgerOverloaded, not LedgerDatabaseUnavailable); the p99 latency
 of answers stays under `--p99-limit` (2.5 s, the LedgerPostbackLatencyHigh alert) however long
 the burst lasts, and 503s come at once; the service's memory (RSS, sampled with psutil) grows by
 less than `--rss-limit` MB; and in the end every postback was acknowledged once the walls
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import sys
 import time
 from collections import Counter
@@ -240,6 +243,22 @@ async def audit_burst(dsn: str, b: Burst) -> tuple[int, list[str]]:
     return len(rows), problems
 
 
+def postback_outcomes(service: common.Service) -> Counter[str]:
+    """The outcomes of the service's postbacks, from its access lines over every start."""
+    outcomes: Counter[str] = Counter()
+    for log in sorted(service.log_dir.glob("service-*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and str(entry.get("route", "")).startswith("/postbacks"):
+                outcomes[str(entry.get("outcome"))] += 1
+    return outcomes
+
+
 async def scenario_burst(
     args: argparse.Namespace, pg: common.Postgres, report: Report, say: common.Say
 ) -> None:
@@ -287,6 +306,7 @@ async def scenario_burst(
         events, problems = await audit_burst(dsn, b)
         stopped = await asyncio.to_thread(service.stop)  # the proxy runs on this loop
         verify_code, verify_line = await asyncio.to_thread(common.run_verify, service.config)
+        outcomes = postback_outcomes(service)
         ok = True
     finally:
         if not ok:
@@ -310,6 +330,11 @@ async def scenario_burst(
     report.add("answers other than 200 or 503", other, other == 0, "0")
     report.add("503 without Retry-After", b.no_retry_after, b.no_retry_after == 0, "0")
     report.add("load shed (503 answers)", b.answers["503"], b.answers["503"] > 0, "> 0")
+    # Shed, not down: every 503 of the burst is outcome "shed" (LedgerOverloaded's), none
+    # "unavailable" (LedgerDatabaseUnavailable's): the database answered throughout.
+    shed, unavailable = outcomes["shed"], outcomes["unavailable"]
+    report.add("  logged as outcome shed", shed, shed == b.answers["503"], "= 503 answers")
+    report.add("  logged as outcome unavailable", unavailable, unavailable == 0, "0")
     report.add("latency, all answers", ms(everything))
     report.add("latency, 200", ms(b.latency_ok))
     report.add("latency, 503", ms(b.latency_503))

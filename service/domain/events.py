@@ -34,7 +34,8 @@ class Outcome(StrEnum):
     IGNORED = "ignored"
     REJECTED = "rejected"  # authentication failed
     INVALID = "invalid"
-    UNAVAILABLE = "unavailable"
+    UNAVAILABLE = "unavailable"  # the database did not answer: nothing recorded, 503
+    SHED = "shed"  # refused at once, the writer's queue being full: nothing recorded, 503
 
 
 # The key prefix of an event made by an internal service's request (domain/spending.py):

@@ -125,6 +125,8 @@ def plain_answer(outcome: Outcome, detail: str, *, ok: str = "OK", repeat: str =
             return plain(400, detail)
         case Outcome.UNAVAILABLE:
             return plain(503, "database unavailable, retry later")
+        case Outcome.SHED:
+            return plain(503, "overloaded, retry later")
         case _:
             return plain(200, ok)
 

@@ -684,6 +684,8 @@ class ProfileWall:
                 reply = answers.invalid
             case Outcome.UNAVAILABLE:
                 return plain(503, "database unavailable, retry later")
+            case Outcome.SHED:
+                return plain(503, "overloaded, retry later")
             case _:
                 reply = answers.ok
         if not reply.body:

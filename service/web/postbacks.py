@@ -91,9 +91,11 @@ async def _record(writer: Writer, wall: Wall, submission: Submission) -> Receipt
     try:
         return await writer.submit(submission)
     except Overloaded as exc:
-        # The access line carries the outcome and this detail: no second line per shed request.
+        # Shed, not down: the database answers, the queue before it is full. Nothing is recorded
+        # and no postback log row is written (the queue is what writes it); the access line
+        # carries the outcome and this detail: no second line per shed request.
         return Receipt(
-            Outcome.UNAVAILABLE, f"overloaded: {exc}", plain(503, "overloaded, retry later"), None
+            Outcome.SHED, f"overloaded: {exc}", plain(503, "overloaded, retry later"), None
         )
     except Unavailable as exc:
         return _unrecorded(wall, f"database unavailable: {exc}")

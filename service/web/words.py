@@ -15,6 +15,7 @@ _OUTCOMES = {
     Outcome.REJECTED: "Refused: not authenticated",
     Outcome.INVALID: "Refused: malformed",
     Outcome.UNAVAILABLE: "Not recorded: database unavailable (the wall retries)",
+    Outcome.SHED: "Not recorded: overloaded, shed (the wall retries)",
 }
 
 _REASONS = {
@@ -35,7 +36,9 @@ _EVENTS = {
 }
 
 # Outcomes that credited nothing and that support should explain.
-REFUSED = frozenset({Outcome.REJECTED, Outcome.INVALID, Outcome.CONFLICT, Outcome.UNAVAILABLE})
+REFUSED = frozenset(
+    {Outcome.REJECTED, Outcome.INVALID, Outcome.CONFLICT, Outcome.UNAVAILABLE, Outcome.SHED}
+)
 
 
 def outcome(value: str, reason: str | None = None) -> str:

@@ -35,6 +35,7 @@ REQUIRED_ALERTS = {
     "LedgerSignatureFailuresHigh",
     "LedgerPostbacksStopped",
     "LedgerDatabaseUnavailable",
+    "LedgerOverloaded",
     "LedgerTargetDown",
 }
 # Alerts about one provider carry its name; the others are about the process or the target.

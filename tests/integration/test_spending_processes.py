@@ -1,13 +1,16 @@
 """Spending from two service processes at once (two `serve`, each its own port and pool, one
 database): many clients on one wallet split across both never overdraw it, one Idempotency-Key
 sent to both at once has one effect and one answer, a hold ends once whichever process is
-asked, and `verify` agrees at the end. The two processes serve every test of the module."""
+asked; postbacks, chargebacks, debits and holds for the same users sent to both at once keep
+every invariant; and `verify` (the command) agrees at the end. The two processes serve every
+test of the module."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -24,7 +27,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from service.domain import wallet
+from service.domain import settlement, wallet
+from service.domain.amounts import EXACT, ZERO
 from service.domain.events import EventType
 from tests import helpers
 from tests.helpers import MEDIOOT_SECRET, READ_KEY, SPEND_KEY, medioot, unique
@@ -57,8 +61,8 @@ def _ready(url: str, process: subprocess.Popen[bytes], deadline: float = 60) -> 
 
 
 @pytest.fixture(scope="module")
-def servers(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    """Two `python -m service serve` processes on one database: their base URLs."""
+def ledger_config(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The configuration both processes serve with (and `verify` reads)."""
     config = tmp_path_factory.mktemp("spend") / "ledger.toml"
     config.write_text(
         helpers.database_toml(database_url)
@@ -67,6 +71,13 @@ def servers(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         + f'[[api_keys]]\nname = "reader"\nkey = "{READ_KEY}"\nscopes = ["read"]\n'
         + f'[[api_keys]]\nname = "shop"\nkey = "{SPEND_KEY}"\nscopes = ["read", "spend"]\n'
     )
+    return config
+
+
+@pytest.fixture(scope="module")
+def servers(ledger_config: Path) -> Iterator[list[str]]:
+    """Two `python -m service serve` processes on one database: their base URLs."""
+    config = ledger_config
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     processes: list[subprocess.Popen[bytes]] = []
     urls: list[str] = []
@@ -332,6 +343,184 @@ async def test_an_expired_hold_is_released_once_by_both_sweeps(
     assert {r["reason"] for r in rows} == {"expired"}
     w = await check_books(pool, session, servers[1], user)
     assert (w["balance"], w["held"], w["available"]) == ("10", "0", "10")
+
+
+Answer = tuple[int, bytes, dict[str, str]]
+
+
+async def retried(attempt: Any) -> Answer:
+    """An answer other than 503: a 503 (shed, or the database away) is retried after its
+    Retry-After, as walls and internal clients do."""
+    for _ in range(50):
+        answer: Answer = await attempt()
+        if answer[0] != 503:
+            return answer
+        await asyncio.sleep(float(answer[2].get("Retry-After", "1")) / 10)
+    raise AssertionError("still 503 after 50 attempts")
+
+
+async def postback(session: aiohttp.ClientSession, base: str, params: dict[str, str]) -> Answer:
+    async def attempt() -> Answer:
+        async with session.get(f"{base}/postbacks/medioot", params=params) as resp:
+            return resp.status, await resp.read(), dict(resp.headers)
+
+    return await retried(attempt)
+
+
+def spending_never_overdraws(events: list[Any]) -> tuple[Decimal, bool]:
+    """Replay one user's events in order: every debit or hold leaves available (balance less
+    what is held) at or above zero, and available is below zero only after a chargeback. The
+    final available and whether a chargeback came."""
+    links: dict[tuple[str, str], settlement.Settlement] = {}
+    balance, held = ZERO, ZERO
+    placed: dict[str, Decimal] = {}
+    charged_back = False
+    for event in sorted(events, key=lambda e: e.position):
+        movement = settlement.move(links, event)
+        change = EXACT.subtract(movement.credited, EXACT.add(movement.reversed, movement.debited))
+        balance = EXACT.add(balance, change)
+        charged_back = charged_back or movement.reversed > 0
+        if event.type is EventType.HOLD_PLACED:
+            placed[event.data["hold_id"]] = event.amount
+            held = EXACT.add(held, event.amount)
+        elif event.type in (EventType.HOLD_CAPTURED, EventType.HOLD_RELEASED):
+            held = EXACT.subtract(held, placed.pop(event.data["hold_id"]))
+        available = EXACT.subtract(balance, held)
+        if event.type in (EventType.DEBITED, EventType.HOLD_PLACED):
+            assert available >= 0, (event.key, available)
+        assert available >= 0 or charged_back, (event.key, available)
+    return EXACT.subtract(balance, held), charged_back
+
+
+async def test_postbacks_and_spending_for_the_same_users_on_both_processes(
+    servers: list[str],
+    session: aiohttp.ClientSession,
+    pool: asyncpg.Pool,
+    ledger_config: Path,
+) -> None:
+    """For 12 users at once, every request sent to the two processes in turn: postbacks (each
+    sent twice, once to each), chargebacks of the first credit for half the users, debits and
+    holds (each Idempotency-Key sent twice, once to each), then captures and voids of the holds
+    racing more postbacks and debits. Whatever the interleaving: each wallet is the fold of its
+    events, spending never takes available below zero (only a chargeback does), each postback
+    is applied once, each Idempotency-Key has one effect and one answer, and the `verify`
+    command exits 0."""
+    rng = random.Random(20240611)
+    users = [unique("both") for _ in range(12)]
+    first_tx = {u: unique("tx") for u in users}
+    turn = iter(range(10**9))
+
+    def base() -> str:
+        return servers[next(turn) % 2]
+
+    requests = 0
+    spends: dict[str, list[Answer]] = {}  # Idempotency-Key -> the answers to its copies
+
+    async def twice_postback(params: dict[str, str]) -> None:
+        nonlocal requests
+        requests += 2
+        answers = await asyncio.gather(*(postback(session, b, params) for b in servers))
+        assert all(a[0] == 200 for a in answers), answers
+
+    async def twice_spend(path: str, body: dict[str, Any]) -> None:
+        nonlocal requests
+        key = str(uuid.uuid4())
+        requests += 2
+        spends[key] = list(
+            await asyncio.gather(
+                *(retried(lambda b=b: send(session, b, path, body, key)) for b in servers)
+            )
+        )
+
+    started = time.monotonic()
+    # Each user starts with a credit of 20; half of them will have it charged back.
+    await asyncio.gather(*(twice_postback(medioot(u, first_tx[u], "20")) for u in users))
+    phase: list[Any] = []
+    for i, user in enumerate(users):
+        for _ in range(6):
+            phase.append(twice_postback(medioot(user, unique("tx"), str(rng.randint(1, 5)))))
+        if i % 2 == 0:
+            phase.append(twice_postback(medioot(user, first_tx[user], "20", status="2")))
+        for _ in range(10):
+            amount = f"{rng.randint(1, 6)}.{rng.randint(0, 99):02d}"
+            phase.append(twice_spend(f"/v1/wallets/{user}/debits", {"amount": amount}))
+        for _ in range(4):
+            phase.append(twice_spend(f"/v1/wallets/{user}/holds", {"amount": "3"}))
+    rng.shuffle(phase)
+    await asyncio.gather(*phase)
+
+    holds = [
+        json.loads(answers[0][1])["hold"]["hold_id"]
+        for answers in spends.values()
+        if answers[0][0] == 201 and b'"hold"' in answers[0][1]
+    ]
+    phase = []
+    for hold_id in holds:
+        for move, body in (("capture", {"amount": "1.25"}), ("void", {}), ("capture", {})):
+            path = f"/v1/holds/{hold_id}/{move}"
+            phase.append(retried(lambda path=path, body=body: send(session, base(), path, body)))
+            requests += 1
+    for user in users:
+        for _ in range(3):
+            phase.append(twice_postback(medioot(user, unique("tx"), "2")))
+            amount = f"{rng.randint(1, 4)}.{rng.randint(0, 99):02d}"
+            phase.append(twice_spend(f"/v1/wallets/{user}/debits", {"amount": amount}))
+    rng.shuffle(phase)
+    closing = [a for a in await asyncio.gather(*phase) if isinstance(a, tuple)]
+    seconds = time.monotonic() - started
+
+    # Each Idempotency-Key: one answer to both copies, and one effect when it applied.
+    for key, answers in spends.items():
+        assert len({(status, raw) for status, raw, _ in answers}) == 1, (key, answers)
+        assert answers[0][0] in (201, 409), answers
+        count = await pool.fetchval(
+            "SELECT count(*) FROM events WHERE provider = 'shop' AND key = $1", "request:" + key
+        )
+        assert count == (1 if answers[0][0] == 201 else 0), key
+    # Each hold ended once, whichever process was asked.
+    assert sorted(a[0] for a in closing) == sorted([200] * len(holds) + [409] * 2 * len(holds))
+    for hold_id in holds:
+        closings = await pool.fetchval(
+            "SELECT count(*) FROM events WHERE key = $1", f"hold:{hold_id}:closed"
+        )
+        assert closings == 1, hold_id
+    # Each postback applied once: 1 + 6 + 3 credits, and the chargeback for even users.
+    duplicated = await pool.fetch(
+        "SELECT provider, key FROM events WHERE user_id = ANY($1::text[])"
+        " GROUP BY provider, key HAVING count(*) > 1",
+        users,
+    )
+    assert not duplicated
+    for i, user in enumerate(users):
+        events = await helpers.events_of(pool, user)
+        credits = [e for e in events if e.type is EventType.CREDITED]
+        reversals = [e for e in events if e.type is EventType.REVERSED]
+        assert len(credits) == 10, user
+        assert len(reversals) == (1 if i % 2 == 0 else 0), user
+        folded = wallet.fold(events)
+        row = await pool.fetchrow("SELECT * FROM wallets WHERE user_id = $1", user)
+        assert row is not None
+        assert (row["balance"], row["total_debited"], row["event_count"]) == (
+            folded.balance,
+            folded.total_debited,
+            folded.event_count,
+        )
+        assert folded.balance == EXACT.subtract(
+            folded.total_credited, EXACT.add(folded.total_reversed, folded.total_debited)
+        )
+        available, charged_back = spending_never_overdraws(events)
+        assert charged_back == (i % 2 == 0)
+        w = await wallet_of(session, servers[i % 2], user)
+        assert Decimal(w["balance"]) == folded.balance
+        assert Decimal(w["available"]) == available
+        assert w["held"] in ("0", "0.00")
+    code, out, err = await helpers.run_cli("verify", "--config", str(ledger_config))
+    assert code == 0, out + err
+    print(
+        f"\ntwo processes: {requests} requests ({len(spends)} Idempotency-Keys sent twice,"
+        f" {len(holds)} holds captured or voided) for {len(users)} users in {seconds:.1f} s;"
+        f" verify: {out.strip() or err.strip().splitlines()[-1]}"
+    )
 
 
 async def test_verify_agrees_after_everything(servers: list[str], pool: asyncpg.Pool) -> None:

@@ -20,6 +20,7 @@ from service.domain.events import Outcome
 from service.writer import Overloaded, Writer
 from tests import helpers
 from tests.helpers import medioot, unique
+from tests.integration.test_api import metric_samples, sample
 from tests.integration.test_store import submission
 
 
@@ -201,8 +202,25 @@ async def test_an_overloaded_service_answers_503_with_retry_after(
             client.get("/postbacks/medioot", params=medioot(user, unique("tx"), "1"))
         )
         await asyncio.sleep(0.1)
-        shed = await client.get("/postbacks/medioot", params=medioot(unique(), unique("tx"), "1"))
+        before = await metric_samples(client)
+        shed_user = unique()
+        shed = await client.get("/postbacks/medioot", params=medioot(shed_user, unique("tx"), "1"))
         assert shed.status == 503
         assert shed.headers["Retry-After"] == "1"
+        assert await shed.text() == "overloaded, retry later"
+        after = await metric_samples(client)
     assert (await first).status == 200
     assert (await queued).status == 200
+
+    def delta(outcome: str) -> float:
+        name, labels = "ledger_postbacks_total", {"provider": "medioot", "outcome": outcome}
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    # Shed, not down: counted apart from "unavailable", which pages as a database outage.
+    assert delta("shed") == 1
+    assert delta("unavailable") == 0
+    # Nothing recorded, not even a postback log row: the queue that was full writes those.
+    logged = await app_pool.fetchval(
+        "SELECT count(*) FROM postback_log WHERE user_id = $1", shed_user
+    )
+    assert logged == 0

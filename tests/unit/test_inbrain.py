@@ -579,6 +579,7 @@ def test_answer_unavailable() -> None:
     answer = inbrain.answer(Outcome.UNAVAILABLE, "")
     assert answer.status == 503
     assert answer.body
+    assert inbrain.answer(Outcome.SHED, "").status == 503
 
 
 @pytest.mark.parametrize("outcome", list(Outcome))

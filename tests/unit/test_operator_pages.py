@@ -25,6 +25,13 @@ def test_every_outcome_and_event_type_has_words() -> None:
     assert words.outcome("from-a-newer-version") == "from-a-newer-version"
 
 
+def test_a_shed_postback_is_not_a_database_outage() -> None:
+    assert words.outcome("shed") == "Not recorded: overloaded, shed (the wall retries)"
+    assert words.outcome("shed") != words.outcome("unavailable")
+    assert words.refused("shed")
+    assert words.refused("unavailable")
+
+
 @pytest.mark.parametrize(
     ("reason", "said"),
     [

@@ -397,6 +397,7 @@ def test_answers_follow_the_profile() -> None:
         400, "missing parameter: id"
     )
     assert answer(Outcome.UNAVAILABLE, "").status == 503
+    assert answer(Outcome.SHED, "").status == 503
 
 
 def test_signature_is_never_logged() -> None:
