@@ -25,8 +25,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-# Crashes and the outage first; other scenario modules follow by name.
-ORDER = ("crash", "outage")
+# Crashes, the outage and the failover first; other scenario modules follow by name.
+ORDER = ("crash", "outage", "failover")
 NOT_SCENARIOS = {"__init__", "common", "run_all"}
 RESULTS = {0: "PASS", 1: "FAIL", 2: "COULD NOT RUN", 3: "SKIPPED", 130: "INTERRUPTED"}
 
