@@ -191,6 +191,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
                 max_size=db.pool_max_size,
                 wait_limit=db.timeout,
                 chain_key=ChainKey(settings.chain_key()),
+                pgbouncer=db.pgbouncer,
             )
         )
         app[keys.POOL] = pool
@@ -214,7 +215,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         )
         app[keys.REFUSALS] = refusals
         refusals.start()
-        app[keys.FEED] = FeedSignal(dsns.runtime, pool)
+        # Through PgBouncer, the feed LISTENs on `listen_url` (direct), or polls without one.
+        listen = db.listen_url or (None if db.pgbouncer else dsns.runtime)
+        app[keys.FEED] = FeedSignal(listen, pool)
         app[keys.FEED].start()
         probe = asyncio.create_task(_probe(app))
         tending = asyncio.create_task(upkeep.run(app))

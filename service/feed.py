@@ -9,6 +9,11 @@ behind that head, so each woken reader's query finds events; a burst of notifica
 query, not one per reader. Every TICK seconds it also lets go of readers whose client has
 disconnected, so an abandoned long-poll ends within a fraction of a second rather than after its
 whole `wait`.
+
+Without a connection to LISTEN on (the database is behind PgBouncer in transaction pooling, which
+cannot carry a LISTEN, and no direct `database.listen_url` is configured), it polls instead: the
+head query every POLL seconds while readers wait, so a long-poll wakes within that. The feed's
+gap-safety never depends on the notifications: they only say when to look.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from .logs import log
 
 RECHECK = 1.0  # seconds between head queries while readers wait and nothing is notified
 TICK = 0.25  # seconds between checks for readers whose client has gone
+POLL = 0.15  # seconds between head queries while readers wait, with nothing to LISTEN on
 
 Cursor = tuple[int, int]  # (txid, position), as the feed orders events
 
@@ -44,9 +50,11 @@ class _Waiter:
 
 
 class FeedSignal:
-    def __init__(self, dsn: str, pool: asyncpg.Pool) -> None:
+    def __init__(self, dsn: str | None, pool: asyncpg.Pool) -> None:
+        """`dsn`: where to LISTEN (a direct connection, not through PgBouncer); None to poll."""
         self._dsn = dsn
         self._pool = pool
+        self._recheck = RECHECK if dsn is not None else POLL
         self._notified = asyncio.Event()
         self._waiters: set[_Waiter] = set()
         self._head: Cursor | None = None  # the last head seen; the real one is never behind it
@@ -54,7 +62,9 @@ class FeedSignal:
         self._closing = False
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._watch())]
+        self._tasks = [asyncio.create_task(self._watch())]
+        if self._dsn is not None:
+            self._tasks.append(asyncio.create_task(self._listen()))
 
     def close(self) -> None:
         """Let every reader go now, and every later one at once: the process is stopping."""
@@ -100,9 +110,10 @@ class FeedSignal:
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
         next_check = 0.0
+        tick = min(TICK, self._recheck)
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TICK):
+                async with asyncio.timeout(tick):
                     await self._notified.wait()
             if not self._waiters:
                 # A notification nobody waits for needs no query. A reader arriving just after
@@ -114,7 +125,7 @@ class FeedSignal:
             if not self._notified.is_set() and loop.time() < next_check:
                 continue
             self._notified.clear()  # notifications from here on need another query
-            next_check = loop.time() + RECHECK
+            next_check = loop.time() + self._recheck
             try:
                 head = await read.feed_head(self._pool)
             except Exception as exc:  # the watcher must outlive any failure
@@ -143,6 +154,7 @@ class FeedSignal:
             await asyncio.sleep(RECHECK)
 
     async def _listen_once(self) -> None:
+        assert self._dsn is not None
         conn = await connection.connect(self._dsn)
         closed = asyncio.Event()
         try:

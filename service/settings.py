@@ -74,6 +74,12 @@ class Database(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pool_max_size: int = 10
     # Seconds a request may wait for the database before it is answered 503.
     timeout: float = 5.0
+    # `url` goes through PgBouncer in transaction pooling: no prepared statement cache, the chain
+    # key set in each writing transaction rather than at connect, and no LISTEN through it.
+    pgbouncer: bool = False
+    # A direct connection (not through PgBouncer) the feed LISTENs on. Without it, with
+    # `pgbouncer`, the feed polls its head instead; without `pgbouncer`, it LISTENs on `url`.
+    listen_url: str = ""
 
 
 class Writer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -239,7 +245,7 @@ def _lookup(name: str, environ: Mapping[str, str], where: str) -> str:
         raise ConfigError(f"config: {where}: '${{{name}}}' is not a valid variable name")
     if name in environ:
         return environ[name]
-    if where in ("database.url", "database.owner_url"):
+    if where in ("database.url", "database.owner_url", "database.listen_url"):
         return ""
     raise ConfigError(f"config: {where}: environment variable {name} is not set")
 
@@ -292,6 +298,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             "config: database.owner_url: needs database.url (the embedded server makes its own"
             " runtime role)"
+        )
+    if database.listen_url and not database.url:
+        raise ConfigError(
+            "config: database.listen_url: needs database.url (the embedded server is listened"
+            " to directly)"
         )
     key = settings.integrity.chain_key
     if key and len(key) < CHAIN_KEY_MIN:

@@ -14,7 +14,15 @@ import msgspec
 from ..domain.chain import ChainKey
 from . import SCHEMA_PATH, UNAVAILABLE_ERRORS, Unavailable, roles, translated
 
-__all__ = ["SCHEMA_PATH", "apply_schema", "connect", "create_pool", "migrate", "with_user"]
+__all__ = [
+    "SCHEMA_PATH",
+    "apply_schema",
+    "connect",
+    "create_pool",
+    "migrate",
+    "transaction_settings",
+    "with_user",
+]
 # Any constant will do: it only keeps two processes from applying the schema at once.
 _SCHEMA_LOCK = 0x5CE3A
 
@@ -42,6 +50,26 @@ def _settings(chain_key: ChainKey | None, extra: dict[str, str] | None = None) -
     return settings
 
 
+class _TransactionPooled(asyncpg.Connection):  # type: ignore[misc]
+    """A connection to PgBouncer in transaction pooling. Each transaction may run on another
+    server connection, so a session setting would reach only one of them (and stay there for
+    other clients): the settings go into each writing transaction instead (`transaction_settings`).
+    """
+
+    local_settings: dict[str, str] = {}  # noqa: RUF012 (replaced per connection, never mutated)
+
+
+async def transaction_settings(conn: asyncpg.Connection) -> None:
+    """Inside a transaction: set for it the settings its pool's connections could not set at
+    connect (through PgBouncer in transaction pooling); nothing otherwise, at no round trip."""
+    settings: dict[str, str] = getattr(conn, "local_settings", {})
+    if settings:
+        calls = ", ".join(
+            f"set_config(${2 * i + 1}, ${2 * i + 2}, true)" for i in range(len(settings))
+        )
+        await conn.execute(f"SELECT {calls}", *[v for kv in settings.items() for v in kv])
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -49,19 +77,43 @@ async def create_pool(
     max_size: int,
     wait_limit: float,
     chain_key: ChainKey | None = None,
+    pgbouncer: bool = False,
 ) -> asyncpg.Pool:
     """A pool whose acquisitions and statements give up after `wait_limit` seconds; with
-    `chain_key`, its connections can append events."""
+    `chain_key`, its connections can append events (in a transaction that called
+    `transaction_settings` first). With `pgbouncer`, `dsn` is PgBouncer in transaction pooling:
+    no prepared statement is kept (PgBouncer 1.18 cannot route them), and no setting is sent at
+    connect (PgBouncer refuses a startup parameter it does not know)."""
+    settings = _settings(chain_key)
+    if not pgbouncer:
+        with translated():
+            pool: asyncpg.Pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                command_timeout=wait_limit,
+                timeout=wait_limit,
+                init=_init_connection,
+                reset=_nothing_to_reset,
+                server_settings=settings,
+            )
+        return pool
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        conn.local_settings = settings
+
     with translated():
-        pool: asyncpg.Pool = await asyncpg.create_pool(
+        pool = await asyncpg.create_pool(
             dsn,
             min_size=min_size,
             max_size=max_size,
             command_timeout=wait_limit,
             timeout=wait_limit,
-            init=_init_connection,
+            init=init,
             reset=_nothing_to_reset,
-            server_settings=_settings(chain_key),
+            statement_cache_size=0,
+            connection_class=_TransactionPooled,
         )
     return pool
 

@@ -26,7 +26,7 @@ from ..domain import admission, holds, receipt_offers, settlement, spending, wal
 from ..domain.events import AuthReason, Event, Outcome, Postback
 from ..logs import log
 from ..providers.base import Answer
-from . import Unavailable, struct, translated
+from . import Unavailable, connection, struct, translated
 from .write_sql import (
     ANSWERS,
     EXISTING_EVENTS,
@@ -160,6 +160,7 @@ async def append(pool: asyncpg.Pool, batch: Sequence[Item]) -> list[Result]:
         try:
             with translated():
                 async with pool.acquire() as conn, conn.transaction():
+                    await connection.transaction_settings(conn)
                     results, new = await _append(conn, batch)
             break
         except (Unavailable, _Contended) as exc:

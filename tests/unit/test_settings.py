@@ -577,3 +577,19 @@ def test_renamed_from_and_retired_providers_are_checked(raw: dict[str, Any], wor
     line = config_error(raw)
     assert words in line
     assert "renamed_from" in line or "retired_providers" in line
+
+
+def test_pgbouncer_and_listen_url() -> None:
+    assert not parse({}, {}).database.pgbouncer
+    raw = {
+        "database": {
+            "url": "postgresql://app@bouncer:6432/d",
+            "pgbouncer": True,
+            "listen_url": "${DATABASE_LISTEN_URL}",
+        }
+    }
+    assert parse(raw, {}).database.listen_url == ""  # unset: the feed polls
+    direct = "postgresql://app@db:5432/d"
+    db = parse(raw, {"DATABASE_LISTEN_URL": direct}).database
+    assert (db.pgbouncer, db.listen_url) == (True, direct)
+    assert "database.listen_url" in config_error({"database": {"listen_url": direct}})
