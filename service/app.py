@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import asyncpg
 from aiohttp import web
 
 from . import keys, live, metrics, renames, upkeep
@@ -194,6 +195,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             )
         )
         app[keys.POOL] = pool
+        app[keys.READ_POOL] = read_pool = await _read_pool(settings) if db.read_url else pool
         w = settings.writer
         writer = Writer(
             pool,
@@ -228,10 +230,20 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             await writer.close()  # answer every queued postback before the pool goes
             await refusals.close()
             await app[keys.FEED].stop()
-            try:
-                await asyncio.wait_for(pool.close(), POOL_CLOSE_LIMIT)
-            except TimeoutError:
-                pool.terminate()  # a connection stuck on a dead server: do not wait for it
+            for each in {read_pool, pool}:
+                try:
+                    await asyncio.wait_for(each.close(), POOL_CLOSE_LIMIT)
+                except TimeoutError:
+                    each.terminate()  # a connection stuck on a dead server: do not wait for it
+
+
+async def _read_pool(settings: Settings) -> asyncpg.Pool:
+    """The replica's pool. It opens no connection before the first read (min_size 0): start-up
+    never waits for the replica, and while the replica is down its reads are answered 503."""
+    db = settings.database
+    return await connection.create_pool(
+        db.read_url, min_size=0, max_size=db.pool_max_size, wait_limit=db.timeout
+    )
 
 
 POOL_CLOSE_LIMIT = 2.0  # seconds stopping gives the pool to close its connections politely
