@@ -15,7 +15,7 @@ import asyncpg
 from aiohttp import web
 
 from . import keys, live, metrics, renames, upkeep
-from .db import Unavailable, connection
+from .db import UNAVAILABLE_ERRORS, Unavailable, connection
 from .domain.chain import ChainKey
 from .embedded import DATABASE, RUNTIME_ROLE, EmbeddedPostgres
 from .feed import FeedSignal
@@ -239,11 +239,23 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 async def _read_pool(settings: Settings) -> asyncpg.Pool:
     """The replica's pool. It opens no connection before the first read (min_size 0): start-up
-    never waits for the replica, and while the replica is down its reads are answered 503."""
+    never waits for the replica, and while the replica is down its reads are answered 503.
+    One look at start-up says in the log what is wrong with it, if anything."""
     db = settings.database
-    return await connection.create_pool(
+    pool = await connection.create_pool(
         db.read_url, min_size=0, max_size=db.pool_max_size, wait_limit=db.timeout
     )
+    try:
+        async with asyncio.timeout(min(db.timeout, 2.0)):
+            standby = await pool.fetchval("SELECT pg_is_in_recovery()")
+    except (Unavailable, *UNAVAILABLE_ERRORS) as exc:  # type: ignore[misc]
+        log.warning("read replica not answering: its reads answer 503", error=str(exc))
+    except asyncpg.PostgresError as exc:  # no such database or role, a password refused...
+        log.error("read replica refused the connection: check database.read_url", error=str(exc))
+    else:
+        if not standby:
+            log.warning("database.read_url is not a standby: reads go to a primary")
+    return pool
 
 
 POOL_CLOSE_LIMIT = 2.0  # seconds stopping gives the pool to close its connections politely

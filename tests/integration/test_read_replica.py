@@ -68,16 +68,18 @@ async def caught_up(replicas: ReplicaPair) -> None:
         await replica.close()
 
 
+def replica_settings(pair: ReplicaPair) -> Any:
+    return helpers.settings(
+        pair.primary.dsn(DATABASE),
+        database={"read_url": with_user(pair.replica.dsn(DATABASE), RUNTIME_ROLE)},
+    )
+
+
 @pytest.fixture
 async def client(aiohttp_client: Any, pair: ReplicaPair) -> Client:
     if not pair.replica.running():
         await asyncio.to_thread(pair.replica.start)
-    settings = helpers.settings(
-        pair.primary.dsn(DATABASE),
-        database={"read_url": with_user(pair.replica.dsn(DATABASE), RUNTIME_ROLE)},
-    )
-    app = create_app(settings)
-    result: Client = await aiohttp_client(app)
+    result: Client = await aiohttp_client(create_app(replica_settings(pair)))
     return result
 
 
@@ -180,7 +182,7 @@ async def test_read_routes_read_the_replica_and_the_feed_the_primary(
 
 
 async def test_replica_down_reads_503_writes_and_feed_work(
-    client: Client, pair: ReplicaPair
+    client: Client, pair: ReplicaPair, aiohttp_client: Any
 ) -> None:
     user = unique()
     await credit(client, user)
@@ -208,6 +210,10 @@ async def test_replica_down_reads_503_writes_and_feed_work(
         await credit(client, other)
         assert await in_feed(client, other)
         assert (await client.get("/readyz")).status == 200
+        # Start-up does not wait for the replica: a service started now serves writes.
+        started: Client = await aiohttp_client(create_app(replica_settings(pair)))
+        assert (await started.get(f"/v1/wallets/{user}", headers=AUTH)).status == 503
+        await credit(started, unique())
     finally:
         await asyncio.to_thread(pair.replica.start)
     await until(lambda: _status(client, f"/v1/wallets/{other}", 200), "reads again once it is back")
