@@ -22,6 +22,7 @@ from service import keys
 from service.app import create_app
 from service.db.connection import ensure_database, migrate, with_user
 from service.embedded import DATABASE, RUNTIME_ROLE
+from service.settings import ConfigError, parse
 from tests import helpers
 from tests.helpers import AUTH, medioot, unique
 from tests.replica import ReplicaPair
@@ -240,3 +241,11 @@ async def sign_in(client: Client) -> Any:
     assert token is not None
     data = {"token": token.group(1), "key": helpers.READ_KEY, "next": "/ui/"}
     return await client.post("/ui/sign-in", data=data, allow_redirects=False)
+
+
+def test_read_url_needs_url_and_may_come_from_an_unset_variable() -> None:
+    with pytest.raises(ConfigError, match=r"database\.read_url: needs database\.url"):
+        parse({"database": {"read_url": "postgresql://r@127.0.0.1/ledger"}}, {})
+    raw = {"database": {"url": "postgresql://a@127.0.0.1/ledger", "read_url": "${READ_URL}"}}
+    assert parse(raw, {}).database.read_url == ""
+    assert parse(raw, {"READ_URL": "postgresql://r@h/l"}).database.read_url == "postgresql://r@h/l"
