@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import asyncpg
 from aiohttp import web
 
 from . import keys, live, metrics, renames, upkeep
-from .db import Unavailable, connection
+from .db import UNAVAILABLE_ERRORS, Unavailable, connection
 from .domain.chain import ChainKey
 from .embedded import DATABASE, RUNTIME_ROLE, EmbeddedPostgres
 from .feed import FeedSignal
@@ -195,6 +196,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             )
         )
         app[keys.POOL] = pool
+        app[keys.READ_POOL] = read_pool = await _read_pool(settings) if db.read_url else pool
         w = settings.writer
         writer = Writer(
             pool,
@@ -231,10 +233,32 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             await writer.close()  # answer every queued postback before the pool goes
             await refusals.close()
             await app[keys.FEED].stop()
-            try:
-                await asyncio.wait_for(pool.close(), POOL_CLOSE_LIMIT)
-            except TimeoutError:
-                pool.terminate()  # a connection stuck on a dead server: do not wait for it
+            for each in {read_pool, pool}:
+                try:
+                    await asyncio.wait_for(each.close(), POOL_CLOSE_LIMIT)
+                except TimeoutError:
+                    each.terminate()  # a connection stuck on a dead server: do not wait for it
+
+
+async def _read_pool(settings: Settings) -> asyncpg.Pool:
+    """The replica's pool. It opens no connection before the first read (min_size 0): start-up
+    never waits for the replica, and while the replica is down its reads are answered 503.
+    One look at start-up says in the log what is wrong with it, if anything."""
+    db = settings.database
+    pool = await connection.create_pool(
+        db.read_url, min_size=0, max_size=db.pool_max_size, wait_limit=db.timeout
+    )
+    try:
+        async with asyncio.timeout(min(db.timeout, 2.0)):
+            standby = await pool.fetchval("SELECT pg_is_in_recovery()")
+    except (Unavailable, *UNAVAILABLE_ERRORS) as exc:  # type: ignore[misc]
+        log.warning("read replica not answering: its reads answer 503", error=str(exc))
+    except asyncpg.PostgresError as exc:  # no such database or role, a password refused...
+        log.error("read replica refused the connection: check database.read_url", error=str(exc))
+    else:
+        if not standby:
+            log.warning("database.read_url is not a standby: reads go to a primary")
+    return pool
 
 
 POOL_CLOSE_LIMIT = 2.0  # seconds stopping gives the pool to close its connections politely

@@ -18,6 +18,10 @@ SETTINGS = web.AppKey("settings", Settings)
 CONFIG = web.AppKey("config", LiveConfig)
 MIGRATE = web.AppKey("migrate", bool)  # whether start-up applies the schema
 POOL = web.AppKey("pool", asyncpg.Pool)
+# Where the read-only routes read: a pool on `database.read_url` (a streaming replica), or the
+# same pool as POOL when none is configured. Never for a write, nor for a read that must see
+# what this process just wrote (see service/web/api.py).
+READ_POOL = web.AppKey("read_pool", asyncpg.Pool)
 WRITER = web.AppKey("writer", Writer)
 # Refused postbacks' log rows: a writer of their own (see web/postbacks.py).
 REFUSALS = web.AppKey("refusals", Writer)

@@ -80,6 +80,11 @@ class Database(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # A direct connection (not through PgBouncer) the feed LISTENs on. Without it, with
     # `pgbouncer`, the feed polls its head instead; without `pgbouncer`, it LISTENs on `url`.
     listen_url: str = ""
+    # A streaming replica (hot standby) of the database at `url`, as the same runtime role: the
+    # read-only API routes and the operator pages read there (README, Read replicas). Writes,
+    # the global feed, sign-out checks, /readyz and upkeep stay on the primary. Empty: every
+    # read goes to `url`. Its pool has pool_min_size to pool_max_size connections too.
+    read_url: str = ""
 
 
 class Writer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -245,7 +250,7 @@ def _lookup(name: str, environ: Mapping[str, str], where: str) -> str:
         raise ConfigError(f"config: {where}: '${{{name}}}' is not a valid variable name")
     if name in environ:
         return environ[name]
-    if where in ("database.url", "database.owner_url", "database.listen_url"):
+    if where in ("database.url", "database.owner_url", "database.listen_url", "database.read_url"):
         return ""
     raise ConfigError(f"config: {where}: environment variable {name} is not set")
 
@@ -303,6 +308,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             "config: database.listen_url: needs database.url (the embedded server is listened"
             " to directly)"
+        )
+    if database.read_url and not database.url:
+        raise ConfigError(
+            "config: database.read_url: needs database.url (a replica of the embedded server is"
+            " not supported)"
         )
     key = settings.integrity.chain_key
     if key and len(key) < CHAIN_KEY_MIN:

@@ -1,4 +1,10 @@
-"""The internal API (README, Internal API): wallets, their events, and the postback log."""
+"""The internal API (README, Internal API): wallets, their events, and the postback log.
+
+Wallets, wallet events, receipt offers and the postback log read through `keys.READ_POOL`: the
+streaming replica of `database.read_url` when there is one, so they may lag the primary by the
+replication delay (the answers of spending and of postbacks are built on the primary, in the
+write transaction). The global feed reads the primary: see `get_events`.
+"""
 
 from __future__ import annotations
 
@@ -288,7 +294,7 @@ def event_body(event: Event) -> EventBody:
 @requires("read")
 async def get_wallet(request: web.Request) -> web.Response:
     user_id = text_param(request.match_info["user_id"], "user_id")
-    row = await read.wallet(request.app[keys.POOL], user_id)
+    row = await read.wallet(request.app[keys.READ_POOL], user_id)
     if row is None:
         raise ApiError(404, "wallet_not_found", f"no wallet for user {user_id!r}")
     return _json(
@@ -311,7 +317,7 @@ async def get_wallet_events(request: web.Request) -> web.Response:
     after = decode_cursor(request.query["after"]) if request.query.get("after") else 0
     limit = _limit(request)
     user_id = text_param(request.match_info["user_id"], "user_id")
-    events = await read.wallet_events(request.app[keys.POOL], user_id, after, limit)
+    events = await read.wallet_events(request.app[keys.READ_POOL], user_id, after, limit)
     next_cursor = encode_cursor(events[-1].position) if len(events) == limit else None
     return _json(EventsPage(events=[event_body(e) for e in events], next=next_cursor))
 
@@ -324,7 +330,7 @@ async def get_receipt_offer(request: web.Request) -> web.Response:
     offer = text_param(request.match_info["upload_offer_id"], "upload_offer_id")
     # One more than asked: whether a next page exists, so that `next` is null on the last.
     row, events = await read.receipt_offer(
-        request.app[keys.POOL], provider, offer, after, limit + 1
+        request.app[keys.READ_POOL], provider, offer, after, limit + 1
     )
     if row is None:
         raise ApiError(
@@ -354,7 +360,7 @@ async def get_receipt_offer(request: web.Request) -> web.Response:
 async def get_postbacks(request: web.Request) -> web.Response:
     where = postback_filter(request.query)
     limit = _limit(request)
-    rows = await read.postbacks(request.app[keys.POOL], where, limit)
+    rows = await read.postbacks(request.app[keys.READ_POOL], where, limit)
     bodies = [postback_body(r) for r in rows]
     last = bodies[-1] if len(bodies) == limit else None
     next_cursor = None if last is None else encode_log_cursor(last.received_at, last.id)
@@ -366,7 +372,7 @@ async def get_postback(request: web.Request) -> web.Response:
     text = request.match_info["postback_id"]
     row = None
     if _NUMBER.fullmatch(text) and int(text) <= _MAX_POSITION:
-        row = await read.postback(request.app[keys.POOL], int(text))
+        row = await read.postback(request.app[keys.READ_POOL], int(text))
     if row is None:
         raise ApiError(404, "postback_not_found", f"no postback {text[:40]!r} in the log")
     return _json(postback_body(row))
@@ -374,7 +380,14 @@ async def get_postback(request: web.Request) -> web.Response:
 
 @requires("read")
 async def get_events(request: web.Request) -> web.Response:
-    """The global feed: every event exactly once, oldest first, long-polling on `wait`."""
+    """The global feed: every event exactly once, oldest first, long-polling on `wait`.
+
+    Always the primary (`keys.POOL`): a page ends before the oldest transaction still running
+    (pg_current_snapshot's xmin), so that no event can commit later behind a cursor handed out.
+    A standby's snapshot is not the primary's: its xmin follows the WAL replayed so far, and a
+    cursor taken there could name a point the primary has not settled, or go back when another
+    replica, further behind, answers the next page. The watcher (service/feed.py) listens on
+    the primary too (NOTIFY is not replicated)."""
     query = request.query
     after = decode_feed_cursor(query["after"]) if query.get("after") else (0, 0)
     limit, wait = _limit(request), _wait(request)

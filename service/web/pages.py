@@ -4,6 +4,9 @@ Each handler reads through `db/read.py` and renders a template of `templates/` (
 value escaped). Filters and cursors are parsed by the same functions as the API's, and a
 mistake in them is shown on the page with a 400. Every /ui/ answer carries a
 Content-Security-Policy that allows no script at all and nothing from another host.
+
+The pages read through `keys.READ_POOL` (the replica of `database.read_url`, when set); the
+session checks (web/session.py) stay on the primary, so that a sign-out holds at once.
 """
 
 from __future__ import annotations
@@ -190,7 +193,7 @@ async def home(request: web.Request, current: Session) -> web.StreamResponse:
     settings = config.settings
     providers = [p.name for p in settings.providers]
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=SUMMARY_HOURS)
-    counts, last = await read.postback_summary(request.app[keys.POOL], providers, since)
+    counts, last = await read.postback_summary(request.app[keys.READ_POOL], providers, since)
     base_url = settings.server.public_url or "https://YOUR-WALLS-ADDRESS"
     walls = []
     for provider in settings.providers:
@@ -250,7 +253,7 @@ async def user(request: web.Request, current: Session) -> web.StreamResponse:
     user_id = text_param(query.get("id", "").strip(), "user")
     if not user_id:
         raise web.HTTPSeeOther("/ui/")
-    pool = request.app[keys.POOL]
+    pool = request.app[keys.READ_POOL]
     events_before = decode_cursor(query["events_before"]) if query.get("events_before") else None
     where = postback_filter({"user": user_id, "before": query.get("postbacks_before", "")})
     wallet = await read.wallet(pool, user_id)
@@ -302,7 +305,7 @@ async def postbacks(request: web.Request, current: Session) -> web.StreamRespons
         return render(
             request, "postbacks.html", 400, message=exc.detail, rows=[], older=None, **context
         )
-    rows = await read.postbacks(request.app[keys.POOL], where, PAGE + 1)
+    rows = await read.postbacks(request.app[keys.READ_POOL], where, PAGE + 1)
     return render(
         request,
         "postbacks.html",
@@ -318,7 +321,7 @@ async def postback(request: web.Request, current: Session) -> web.StreamResponse
     text = request.match_info["postback_id"]
     row = None
     if text.isascii() and text.isdigit() and len(text) <= 18:
-        row = await read.postback(request.app[keys.POOL], int(text))
+        row = await read.postback(request.app[keys.READ_POOL], int(text))
     if row is None:
         raise ApiError(404, "postback_not_found", f"There is no postback {text[:40]!r} in the log.")
     return render(request, "postback.html", session=current, row=row)
@@ -330,7 +333,9 @@ async def receipt_offer(request: web.Request, current: Session) -> web.StreamRes
     provider = text_param(query.get("provider", "").strip(), "provider")
     offer = text_param(query.get("id", "").strip(), "upload offer id")
     after = decode_cursor(query["after"]) if query.get("after") else 0
-    row, events = await read.receipt_offer(request.app[keys.POOL], provider, offer, after, PAGE + 1)
+    row, events = await read.receipt_offer(
+        request.app[keys.READ_POOL], provider, offer, after, PAGE + 1
+    )
     if row is None:
         raise ApiError(
             404, "receipt_offer_not_found", f"No receipt offer {offer!r} of wall {provider!r}."
