@@ -15,7 +15,7 @@ import asyncpg
 from aiohttp import web
 
 from . import keys, live, metrics, renames, upkeep
-from .db import UNAVAILABLE_ERRORS, Unavailable, connection
+from .db import REFUSED_ERRORS, UNAVAILABLE_ERRORS, Unavailable, connection
 from .domain.chain import ChainKey
 from .embedded import DATABASE, RUNTIME_ROLE, EmbeddedPostgres
 from .feed import FeedSignal
@@ -252,9 +252,13 @@ async def _read_pool(settings: Settings) -> asyncpg.Pool:
         async with asyncio.timeout(min(db.timeout, 2.0)):
             standby = await pool.fetchval("SELECT pg_is_in_recovery()")
     except (Unavailable, *UNAVAILABLE_ERRORS) as exc:  # type: ignore[misc]
-        log.warning("read replica not answering: its reads answer 503", error=str(exc))
-    except asyncpg.PostgresError as exc:  # no such database or role, a password refused...
-        log.error("read replica refused the connection: check database.read_url", error=str(exc))
+        cause = exc.__cause__ if isinstance(exc, Unavailable) else exc
+        if isinstance(cause, REFUSED_ERRORS):  # no such database or role, a password refused
+            log.error(
+                "read replica refused the connection: check database.read_url", error=str(exc)
+            )
+        else:
+            log.warning("read replica not answering: its reads answer 503", error=str(exc))
     else:
         if not standby:
             log.warning("database.read_url is not a standby: reads go to a primary")

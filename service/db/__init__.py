@@ -23,6 +23,13 @@ class Unavailable(Exception):
     """The database could not be reached or could not finish the work; retrying later may help."""
 
 
+# A server that refuses this role or has no such database (a replica not set up yet, a password
+# changed on one side): misconfigured, not the caller's mistake, and waiting will not help.
+REFUSED_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+)
+
 # A deadlock or serialization failure is transient: the write path retries it, then gives up
 # as Unavailable. Everything here means "the database is not answering", not "the input is bad".
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -36,6 +43,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     # Seen when the server vanishes mid-operation: "cannot switch to state ...; another
     # operation is in progress" from a connection whose last exchange never finished.
     asyncpg.InternalClientError,
+    *REFUSED_ERRORS,
 )
 
 

@@ -12,7 +12,7 @@ import asyncpg
 import msgspec
 
 from ..domain.chain import ChainKey
-from . import SCHEMA_PATH, UNAVAILABLE_ERRORS, Unavailable, roles, translated
+from . import REFUSED_ERRORS, SCHEMA_PATH, UNAVAILABLE_ERRORS, Unavailable, roles, translated
 
 __all__ = [
     "SCHEMA_PATH",
@@ -203,17 +203,12 @@ async def connect(
                 )
                 await _init_connection(conn)  # the same codecs as every pooled connection
                 return conn
-        except Unavailable:
-            if time.monotonic() >= deadline:
+        except Unavailable as exc:
+            # A role or database that does not exist (yet: verify does not migrate), a refused
+            # login: waiting will not help.
+            if isinstance(exc.__cause__, REFUSED_ERRORS) or time.monotonic() >= deadline:
                 raise
             await asyncio.sleep(0.5)
-        except (
-            asyncpg.InvalidAuthorizationSpecificationError,
-            asyncpg.InvalidCatalogNameError,
-        ) as exc:
-            # A role or database that does not exist (yet: verify does not migrate), a refused
-            # login: waiting will not help, and it is one line, not a traceback.
-            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
 async def ensure_database(admin_dsn: str, name: str) -> None:

@@ -81,3 +81,22 @@ async def test_outage_answers_503_and_recovers_without_restart(
     resp = await proxied.get(f"/v1/wallets/{user}", headers=AUTH)
     assert (await resp.json())["balance"] == "6"
     assert (await proxied.get("/ui/", allow_redirects=False)).status == 200
+
+
+async def test_a_replica_that_refuses_the_connection_answers_503_not_500(
+    aiohttp_client: Any, database_url: str
+) -> None:
+    from tests.conftest import with_database
+
+    # A read_url naming a database the server does not have: refused, whatever is retried.
+    nowhere = with_database(helpers.runtime_url(database_url), "no_such_replica_database")
+    settings = helpers.settings(database_url, database={"read_url": nowhere})
+    client: Client = await aiohttp_client(create_app(settings))
+    for _ in range(2):
+        resp = await client.get(f"/v1/wallets/{unique()}", headers=AUTH)
+        assert resp.status == 503
+        assert (await resp.json())["error"] == "database_unavailable"
+    # Writes, on the primary, are not affected.
+    assert (
+        await client.get("/postbacks/medioot", params=medioot(unique(), unique("tx"), "1"))
+    ).status == 200
