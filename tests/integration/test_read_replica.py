@@ -43,7 +43,7 @@ def pair() -> Iterator[ReplicaPair]:
 
 
 async def _create_ledger(replicas: ReplicaPair) -> None:
-    await ensure_database(replicas.primary.dsn(), DATABASE)
+    await ensure_database(replicas.primary.dsn("postgres"), DATABASE)
     await migrate(
         replicas.primary.dsn(DATABASE), runtime_role=RUNTIME_ROLE, create_role=True, wait=10
     )
@@ -54,8 +54,8 @@ async def _create_ledger(replicas: ReplicaPair) -> None:
 
 async def caught_up(replicas: ReplicaPair) -> None:
     """Wait until the replica has replayed everything the primary has written so far."""
-    primary = await asyncpg.connect(replicas.primary.dsn())
-    replica = await asyncpg.connect(replicas.replica.dsn())
+    primary = await asyncpg.connect(replicas.primary.dsn("postgres"))
+    replica = await asyncpg.connect(replicas.replica.dsn("postgres"))
     try:
         target = await primary.fetchval("SELECT pg_current_wal_lsn()")
 
@@ -78,7 +78,7 @@ def replica_settings(pair: ReplicaPair) -> Any:
 
 @pytest.fixture
 async def client(aiohttp_client: Any, pair: ReplicaPair) -> Client:
-    if not pair.replica.running():
+    if not pair.replica.started:
         await asyncio.to_thread(pair.replica.start)
     result: Client = await aiohttp_client(create_app(replica_settings(pair)))
     return result
@@ -87,7 +87,7 @@ async def client(aiohttp_client: Any, pair: ReplicaPair) -> Client:
 @pytest.fixture
 async def replica_conn(pair: ReplicaPair) -> AsyncIterator[asyncpg.Connection]:
     """The replica's superuser: to pause and resume its replay."""
-    conn = await asyncpg.connect(pair.replica.dsn())
+    conn = await asyncpg.connect(pair.replica.dsn("postgres"))
     try:
         yield conn
     finally:
