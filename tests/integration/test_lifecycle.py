@@ -429,11 +429,21 @@ async def test_sighup_reloads_providers_and_keys_without_failing_a_request(
 
 
 def test_make_run_passes_port_and_host() -> None:
+    # Under `make test` this make is a sub-make, which prints "Entering directory" lines: run
+    # it as a make of its own, and read the line that starts the service.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
     def command(*args: str) -> str:
         done = subprocess.run(
-            ["make", "-n", "run", *args], cwd=ROOT, capture_output=True, text=True, check=True
+            ["make", "--no-print-directory", "-n", "run", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
-        return done.stdout.strip().splitlines()[-1]
+        (line,) = [x for x in done.stdout.splitlines() if "-m service serve" in x]
+        return line.strip()
 
     assert command().endswith("-m service serve --config ops/dev.toml")
     assert command("PORT=1234").endswith("serve --config ops/dev.toml --port 1234")
