@@ -85,35 +85,29 @@ async def create_pool(
     no prepared statement is kept (PgBouncer 1.18 cannot route them), and no setting is sent at
     connect (PgBouncer refuses a startup parameter it does not know)."""
     settings = _settings(chain_key)
-    if not pgbouncer:
-        with translated():
-            pool: asyncpg.Pool = await asyncpg.create_pool(
-                dsn,
-                min_size=min_size,
-                max_size=max_size,
-                command_timeout=wait_limit,
-                timeout=wait_limit,
-                init=_init_connection,
-                reset=_nothing_to_reset,
-                server_settings=settings,
-            )
-        return pool
+    options: dict[str, Any]
+    if pgbouncer:
 
-    async def init(conn: asyncpg.Connection) -> None:
-        await _init_connection(conn)
-        conn.local_settings = settings
+        async def init(conn: asyncpg.Connection) -> None:
+            await _init_connection(conn)
+            conn.local_settings = settings
 
+        options = {
+            "init": init,
+            "statement_cache_size": 0,
+            "connection_class": _TransactionPooled,
+        }
+    else:
+        options = {"init": _init_connection, "server_settings": settings}
     with translated():
-        pool = await asyncpg.create_pool(
+        pool: asyncpg.Pool = await asyncpg.create_pool(
             dsn,
             min_size=min_size,
             max_size=max_size,
             command_timeout=wait_limit,
             timeout=wait_limit,
-            init=init,
             reset=_nothing_to_reset,
-            statement_cache_size=0,
-            connection_class=_TransactionPooled,
+            **options,
         )
     return pool
 
