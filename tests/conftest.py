@@ -26,7 +26,7 @@ from service.settings import Settings
 
 from . import helpers
 
-pytest_plugins = ["tests.logcapture", "tests.browser"]
+pytest_plugins = ["tests.logcapture", "tests.browser", "tests.processes"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

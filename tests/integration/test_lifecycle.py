@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -35,6 +34,7 @@ from tests.helpers import (
     unique,
 )
 from tests.integration.test_workers import free_port
+from tests.processes import Service
 
 ROOT = Path(__file__).resolve().parents[2]
 NEW_SECRET = "test-medioot-secret-rotated"
@@ -42,63 +42,6 @@ OTHER_SECRET = "test-other-wall-secret-0001"
 STABLE_SECRET = "test-stable-wall-secret-0001"
 OLD_KEY = "test-old-api-key-0001"
 NEW_KEY = "test-new-api-key-0001"
-
-
-class Service:
-    """`python -m service serve` with its log (stderr) in a file."""
-
-    def __init__(self, config: Path, port: int, log: Path, *extra: str) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-        self.log = log
-        self.out = log.with_suffix(".out")
-        with log.open("wb") as err, self.out.open("wb") as out:
-            self.process = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "service", "serve", "--config", str(config)),
-                    *("--port", str(port), *extra),
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=err,
-            )
-
-    def lines(self) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                found.append({"event": line, "level": "text"})
-        return found
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines() if line.get("event") == name]
-
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            children = psutil.Process(self.process.pid).children(recursive=True)
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-            for child in children:
-                if child.is_running():
-                    child.kill()
-
-
-@pytest.fixture
-def services() -> Iterator[list[Service]]:
-    started: list[Service] = []
-    try:
-        yield started
-    finally:
-        for service in started:
-            service.stop()
 
 
 async def until(condition: Any, limit: float = 60, what: str = "") -> None:

@@ -5,15 +5,9 @@ everything and start-up warns about it. Real `serve` processes, one worker and t
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import psutil
 import pytest
 
 from service.app import create_app
@@ -21,8 +15,7 @@ from service.settings import Settings
 from service.web.listeners import INTERNAL_PATHS, WALLS_PATHS, covers
 from tests.helpers import AUTH, MEDIOOT_SECRET, READ_KEY, database_toml, medioot, unique
 from tests.integration.test_workers import free_port, ready
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.processes import Service
 
 
 def write_config(path: Path, database_url: str, internal_port: int | None) -> Path:
@@ -37,54 +30,6 @@ def write_config(path: Path, database_url: str, internal_port: int | None) -> Pa
     return path
 
 
-class Service:
-    def __init__(self, config: Path, port: int, workers: int, output: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-        self.output = output
-        with output.open("wb") as out:
-            self.process = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "service", "serve", "--config", str(config)),
-                    *("--port", str(port), "--workers", str(workers)),
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            children = psutil.Process(self.process.pid).children(recursive=True)
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-            for child in children:
-                if child.is_running():
-                    child.kill()
-
-    def lines(self) -> list[dict[str, object]]:
-        found = []
-        for line in self.output.read_text(errors="replace").splitlines():
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                pass
-        return found
-
-
-@pytest.fixture
-def services() -> Iterator[list[Service]]:
-    started: list[Service] = []
-    try:
-        yield started
-    finally:
-        for service in started:
-            service.stop()
-
-
 async def get(session: aiohttp.ClientSession, url: str, **kwargs: object) -> tuple[int, str]:
     async with session.get(url, **kwargs) as resp:  # type: ignore[arg-type]
         return resp.status, await resp.text()
@@ -96,7 +41,7 @@ async def test_internal_routes_answer_only_on_the_internal_listener(
 ) -> None:
     walls_port, internal_port = free_port(), free_port()
     config = write_config(tmp_path / "ledger.toml", database_url, internal_port)
-    services.append(Service(config, walls_port, workers, tmp_path / "out.log"))
+    services.append(Service(config, walls_port, tmp_path / "out.log", "--workers", str(workers)))
     walls, internal = f"http://127.0.0.1:{walls_port}", f"http://127.0.0.1:{internal_port}"
     await ready(internal)
     user = unique()
@@ -154,7 +99,7 @@ async def test_one_listener_serves_everything_and_warns_at_start_up(
 ) -> None:
     port = free_port()
     config = write_config(tmp_path / "ledger.toml", database_url, None)
-    services.append(Service(config, port, 1, tmp_path / "out.log"))
+    services.append(Service(config, port, tmp_path / "out.log"))
     url = f"http://127.0.0.1:{port}"
     await ready(url)
     async with aiohttp.ClientSession() as session:
