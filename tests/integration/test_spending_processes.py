@@ -29,7 +29,7 @@ import pytest
 
 from service.domain import settlement, wallet
 from service.domain.amounts import EXACT, ZERO
-from service.domain.events import EventType
+from service.domain.events import Event, EventType
 from tests import helpers
 from tests.helpers import MEDIOOT_SECRET, READ_KEY, SPEND_KEY, medioot, unique
 
@@ -146,11 +146,9 @@ async def wallet_of(session: aiohttp.ClientSession, base: str, user: str) -> dic
         return body
 
 
-async def check_books(
-    pool: asyncpg.Pool, session: aiohttp.ClientSession, base: str, user: str
-) -> Any:
-    """The wallet row and the API agree with the fold of the user's events; the API's wallet."""
-    folded = wallet.fold(await helpers.events_of(pool, user))
+async def check_row(pool: asyncpg.Pool, user: str, events: list[Event]) -> Any:
+    """The wallet row agrees with the fold of `events` (the user's); the fold."""
+    folded = wallet.fold(events)
     row = await pool.fetchrow("SELECT * FROM wallets WHERE user_id = $1", user)
     assert row is not None
     assert (row["balance"], row["total_debited"], row["event_count"]) == (
@@ -158,6 +156,14 @@ async def check_books(
         folded.total_debited,
         folded.event_count,
     )
+    return folded
+
+
+async def check_books(
+    pool: asyncpg.Pool, session: aiohttp.ClientSession, base: str, user: str
+) -> Any:
+    """The wallet row and the API agree with the fold of the user's events; the API's wallet."""
+    folded = await check_row(pool, user, await helpers.events_of(pool, user))
     w = await wallet_of(session, base, user)
     assert Decimal(w["balance"]) == folded.balance
     assert Decimal(w["available"]) >= 0
@@ -497,14 +503,7 @@ async def test_postbacks_and_spending_for_the_same_users_on_both_processes(
         reversals = [e for e in events if e.type is EventType.REVERSED]
         assert len(credits) == 10, user
         assert len(reversals) == (1 if i % 2 == 0 else 0), user
-        folded = wallet.fold(events)
-        row = await pool.fetchrow("SELECT * FROM wallets WHERE user_id = $1", user)
-        assert row is not None
-        assert (row["balance"], row["total_debited"], row["event_count"]) == (
-            folded.balance,
-            folded.total_debited,
-            folded.event_count,
-        )
+        folded = await check_row(pool, user, events)
         assert folded.balance == EXACT.subtract(
             folded.total_credited, EXACT.add(folded.total_reversed, folded.total_debited)
         )
