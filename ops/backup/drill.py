@@ -299,15 +299,7 @@ async def deliver(url: str, batch: Sequence[Sent], concurrency: int = 8) -> Coun
 
     async def one(session: aiohttp.ClientSession, sent: Sent) -> None:
         async with gate:
-            sent.start = time.monotonic()
-            try:
-                async with session.get(endpoint, params=sent.params()) as resp:
-                    sent.body = (await resp.text())[:200]
-                    sent.http = resp.status
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                sent.error = f"{type(exc).__name__}: {exc}"[:200]
-            finally:
-                sent.end = time.monotonic()
+            await sent.send(session, endpoint)
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await asyncio.gather(*(one(session, sent) for sent in batch))

@@ -701,6 +701,18 @@ class Sent:
     def acknowledged(self) -> bool:
         return self.http == 200
 
+    async def send(self, session: aiohttp.ClientSession, endpoint: str) -> None:
+        """Send it to `endpoint` (GET) and record when, and what came back or went wrong."""
+        self.start = time.monotonic()
+        try:
+            async with session.get(endpoint, params=self.params()) as resp:
+                self.body = (await resp.text())[:200]
+                self.http = resp.status
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self.error = f"{type(exc).__name__}: {exc}"[:200]
+        finally:
+            self.end = time.monotonic()
+
     @property
     def outcome(self) -> str:
         """`200 OK`, `200 DUP`, `503`, or the error's type: one short label."""
@@ -833,15 +845,9 @@ class LoadGenerator:
             sent = self._next()
             self.records.append(sent)
             self.inflight.add(sent)
-            sent.start = time.monotonic()
             try:
-                async with self._session.get(self.endpoint, params=sent.params()) as resp:
-                    sent.body = (await resp.text())[:200]
-                    sent.http = resp.status
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                sent.error = f"{type(exc).__name__}: {exc}"[:200]
+                await sent.send(self._session, self.endpoint)
             finally:
-                sent.end = time.monotonic()
                 self.inflight.discard(sent)
             if not sent.acknowledged:
                 self._unacked.append(sent)

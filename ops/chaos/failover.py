@@ -231,15 +231,7 @@ async def catch_up(
                 generator._seq += 1
                 sent = Sent(generator._seq, "retry", old.subid, old.transid, old.reward, old.status)
                 generator.records.append(sent)
-                sent.start = time.monotonic()
-                try:
-                    async with session.get(generator.endpoint, params=sent.params()) as resp:
-                        sent.body = (await resp.text())[:200]
-                        sent.http = resp.status
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    sent.error = f"{type(exc).__name__}: {exc}"[:200]
-                finally:
-                    sent.end = time.monotonic()
+                await sent.send(session, generator.endpoint)
                 if sent.acknowledged:
                     left.discard(old.key)
                     break
