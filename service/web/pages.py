@@ -24,7 +24,7 @@ from aiohttp import web
 
 from .. import keys, live
 from ..db import Unavailable, read
-from ..domain.amounts import format_amount
+from ..domain.amounts import EXACT, format_amount
 from ..domain.events import Outcome
 from ..providers.setup import setup_lines
 from . import session as sessions
@@ -267,7 +267,7 @@ async def user(request: web.Request, current: Session) -> web.StreamResponse:
         session=current,
         user_id=user_id,
         wallet=wallet,
-        available=None if wallet is None else wallet["balance"] - wallet["held"],
+        available=None if wallet is None else EXACT.subtract(wallet["balance"], wallet["held"]),
         holds=holds,
         history=history[:PAGE],
         postbacks=postbacks[:PAGE],

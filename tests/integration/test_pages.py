@@ -366,3 +366,20 @@ async def test_signed_out_sessions_are_forgotten_once_expired(pool: Any) -> None
     assert await sessions.forget_expired(pool) >= 1
     assert not await sessions.ended(pool, "gone-1")
     assert await sessions.ended(pool, "live-1")
+
+
+async def test_the_user_page_shows_available_exactly_however_many_digits(client: Client) -> None:
+    # 35 significant digits: more than Decimal's default context keeps.
+    user = helpers.unique("exact")
+    params = helpers.medioot(user, helpers.unique("t"), "123456789012345.12345678901234567891")
+    assert (await client.get("/postbacks/medioot", params=params)).status == 200
+    hold = await client.post(
+        f"/v1/wallets/{user}/holds",
+        json={"amount": "0.00000000000000000001"},
+        headers={**helpers.SPEND_AUTH, "Idempotency-Key": helpers.unique("k")},
+    )
+    assert hold.status == 201
+    await sign_in(client)
+    text = await (await client.get("/ui/user", params={"id": user})).text()
+    assert '<dd id="available">123456789012345.12345678901234567890</dd>' in text
+    assert '<dd id="balance">123456789012345.12345678901234567891</dd>' in text
