@@ -21,7 +21,7 @@ from .embedded import DATABASE, RUNTIME_ROLE, EmbeddedPostgres
 from .feed import FeedSignal
 from .logs import log
 from .settings import Settings
-from .web import listeners, middlewares
+from .web import middlewares
 from .web.routes import add_routes
 from .writer import Writer
 
@@ -145,18 +145,9 @@ def create_app(
     start-up waits for the database for as long as it takes (cancel it to give up)."""
     settings.chain_key()  # refuse to start without one
     internal = settings.server.internal
-    # The listener gate goes right after the request context, so its 404 is logged and carries
-    # a request id like any other, and before authentication, so that an API path on the walls'
-    # listener is a plain 404, not a 401 that would say the route exists.
-    gate = [] if internal is None else [listeners.gate(internal.port)]
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[
-            middlewares.request_context,
-            *gate,
-            middlewares.errors,
-            middlewares.authenticate,
-        ],
+        middlewares=[middlewares.handling(None if internal is None else internal.port)],
     )
     app[keys.SETTINGS] = settings
     app[keys.MIGRATE] = migrate

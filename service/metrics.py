@@ -64,6 +64,25 @@ POSTBACK_DURATION = Histogram(
     ["provider"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+
+@functools.cache
+def _postbacks(provider: str, outcome: Outcome) -> Any:
+    return POSTBACKS.labels(provider=provider, outcome=outcome.value)
+
+
+@functools.cache
+def _postback_duration(provider: str) -> Any:
+    return POSTBACK_DURATION.labels(provider=provider)
+
+
+def postback(provider: str, outcome: Outcome, seconds: float) -> None:
+    """Count one postback answered with `outcome` after `seconds`. Each series is looked up once
+    per provider and outcome (configuration and a fixed set), not per postback."""
+    _postbacks(provider, outcome).inc()
+    _postback_duration(provider).observe(seconds)
+
+
 REFUSALS_UNLOGGED = Counter(
     "ledger_postback_refusals_unlogged_total",
     "Refused postbacks answered without a postback-log row because too many refusals were"
@@ -71,6 +90,18 @@ REFUSALS_UNLOGGED = Counter(
     ["provider"],
 )
 EVENTS = Counter("ledger_events_total", "Events appended to the ledger, by type", ["type"])
+
+
+@functools.cache
+def _events(event_type: EventType) -> Any:
+    return EVENTS.labels(type=event_type.value)
+
+
+def event_appended(event_type: EventType) -> None:
+    """Count one event appended (its series looked up once per type)."""
+    _events(event_type).inc()
+
+
 SPEND = Counter(
     "ledger_spend_requests_total",
     "Spending requests (debits, credits, holds), by operation and outcome",

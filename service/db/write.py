@@ -173,7 +173,7 @@ async def append(pool: asyncpg.Pool, batch: Sequence[Item]) -> list[Result]:
                 raise
             log.warning("write transaction rolled back, retrying", attempt=attempt, error=str(exc))
     for postback in new:
-        metrics.EVENTS.labels(type=postback.type.value).inc()
+        metrics.event_appended(postback.type)
     for item, result in zip(batch, results, strict=True):
         if isinstance(item, Submission) and isinstance(result, Receipt) and result.auth_reason:
             metrics.SIGNATURE_FAILURES.labels(

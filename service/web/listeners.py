@@ -13,9 +13,6 @@ ending in "/" covers everything below it); the operator pages under /ui/ are int
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
-
-from .auth import Handler
 
 WALLS_PATHS = ("/postbacks/", "/healthz")
 INTERNAL_PATHS = ("/v1/", "/metrics", "/healthz", "/readyz", "/ui/")
@@ -25,16 +22,9 @@ def covers(paths: tuple[str, ...], path: str) -> bool:
     return any(path == p or (p.endswith("/") and path.startswith(p)) for p in paths)
 
 
-def gate(internal_port: int) -> Middleware:
-    """A middleware answering 404 to what the listener a request came in on does not serve."""
-
-    @web.middleware
-    async def listener_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        transport = request.transport
-        local = transport.get_extra_info("sockname") if transport is not None else None
-        internal = isinstance(local, tuple) and len(local) >= 2 and local[1] == internal_port
-        if not covers(INTERNAL_PATHS if internal else WALLS_PATHS, request.path):
-            raise web.HTTPNotFound()
-        return await handler(request)
-
-    return listener_gate
+def serves(request: web.Request, internal_port: int) -> bool:
+    """Whether the listener `request` came in on serves its path."""
+    transport = request.transport
+    local = transport.get_extra_info("sockname") if transport is not None else None
+    internal = isinstance(local, tuple) and len(local) >= 2 and local[1] == internal_port
+    return covers(INTERNAL_PATHS if internal else WALLS_PATHS, request.path)

@@ -8,7 +8,6 @@ import dataclasses
 import time
 
 import msgspec
-import structlog
 from aiohttp import web
 from aiohttp.web import RequestPayloadError
 
@@ -33,6 +32,7 @@ from ..providers.base import (
     plain,
 )
 from ..writer import Overloaded, Writer
+from .middlewares import ACCESS, REQUEST_ID
 from .walls import Wall
 
 
@@ -68,10 +68,9 @@ async def postback(request: web.Request) -> web.Response:
         receipt = await _record(request.app[keys.WRITER], wall, submission)
 
     name = wall.config.name
-    metrics.POSTBACKS.labels(provider=name, outcome=receipt.outcome.value).inc()
-    metrics.POSTBACK_DURATION.labels(provider=name).observe(time.perf_counter() - started)
-    # One line per request: the access line (middlewares.request_context) carries these.
-    structlog.contextvars.bind_contextvars(
+    metrics.postback(name, receipt.outcome, time.perf_counter() - started)
+    # One line per request: the access line (middlewares.handling) carries these.
+    request[ACCESS].update(
         provider=name,
         outcome=receipt.outcome.value,
         detail=receipt.detail,
@@ -151,7 +150,7 @@ async def _intake(
     )
     answer = wall.answering(inbound)
     entry = LogEntry(
-        request_id=_request_id(),
+        request_id=request[REQUEST_ID],
         provider=wall.config.name,
         method=request.method,
         client_ip=str(client_ip) if client_ip is not None else None,
@@ -197,8 +196,3 @@ def _unrecorded(wall: Wall, detail: str = "database unavailable") -> Receipt:
     if answer.status != 503:
         answer = plain(503, "database unavailable, retry later")
     return Receipt(Outcome.UNAVAILABLE, detail, answer, None)
-
-
-def _request_id() -> str:
-    request_id = structlog.contextvars.get_contextvars().get("request_id", "")
-    return str(request_id)
