@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -166,6 +167,15 @@ def _starting_app(internal_port: int | None) -> web.Application:
     return app
 
 
+def settle_heap() -> None:
+    """Once started: move every object start-up made (modules, configuration, the app) out of
+    the cyclic garbage collector's reach. A full collection then walks only what requests
+    made since, instead of pausing the event loop for every module's objects now and then,
+    which showed up in the tail latency of postbacks."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(
     settings: Settings,
     host: str,
@@ -275,6 +285,7 @@ async def _run(
             return 0
         await starting.cleanup()
         setup.result()  # start-up failed: raise what it raised
+        settle_heap()
         for sock in sockets:
             await web.SockSite(runner, sock).start()
         if not worker:
