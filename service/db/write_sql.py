@@ -44,13 +44,22 @@ JOIN unnest($1::text[], $2::bytea[]) AS k(provider, signature)
 
 # The batch's wall transactions, by link, and those of the clicks its postbacks name (a reversal
 # sent under a transaction id of its own finds its credit by the click, and the other way round).
+# Two lookups, one per index (the primary key and settlements_click), joined by UNION: written as
+# one scan with `link IN (...) OR click IN (...)`, the planner can use neither index and reads
+# the whole table, which grows with every wall transaction ever credited.
 SETTLEMENTS = """
 SELECT s.provider, s.link, s.click, s.credit_key, s.credit_user, s.credited, s.reversal_key,
        s.reversal_user, s.reversed, s.reversal_whole
 FROM settlements AS s
-WHERE (s.provider, s.link) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-   OR (s.click IS NOT NULL
-       AND (s.provider, s.click) IN (SELECT * FROM unnest($3::text[], $4::text[])))
+JOIN unnest($1::text[], $2::text[]) AS k(provider, link)
+  ON s.provider = k.provider AND s.link = k.link
+UNION
+SELECT s.provider, s.link, s.click, s.credit_key, s.credit_user, s.credited, s.reversal_key,
+       s.reversal_user, s.reversed, s.reversal_whole
+FROM settlements AS s
+JOIN unnest($3::text[], $4::text[]) AS c(provider, click)
+  ON s.provider = c.provider AND s.click = c.click
+WHERE s.click IS NOT NULL
 """
 
 # The unique constraint decides what is new; rows it skips are looked up afterwards. Positions
