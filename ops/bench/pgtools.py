@@ -156,12 +156,12 @@ async def checkpoint(dsn: str) -> None:
 # per-load token and the row number, so unique without ON CONFLICT (which needs the unique index).
 _LOAD = """
 INSERT INTO events (provider, key, type, user_id, amount, provider_ref, test, data{columns})
-SELECT 'medioot', CASE WHEN rev THEN 'reversal:' ELSE 'credit:' END || tid,
-       CASE WHEN rev THEN 'reversed' ELSE 'credited' END,
+SELECT 'medioot', key, CASE WHEN rev THEN 'reversed' ELSE 'credited' END,
        'user-' || (abs(hashtext(tid)) % $4), cents * 0.01, tid, false, '{{}}'::jsonb{values}
-FROM (SELECT left(md5($3 || '-' || CASE WHEN i % 20 = 0 THEN i - 1 ELSE i END), 20) AS tid,
-             (random() * 99999)::int + 1 AS cents, i % 20 = 0 AS rev
-      FROM generate_series($1::bigint, $2::bigint) AS i) AS g
+FROM (SELECT CASE WHEN rev THEN 'reversal:' ELSE 'credit:' END || tid AS key, *
+      FROM (SELECT left(md5($3 || '-' || CASE WHEN i % 20 = 0 THEN i - 1 ELSE i END), 20) AS tid,
+                   (random() * 99999)::int + 1 AS cents, i % 20 = 0 AS rev
+            FROM generate_series($1::bigint, $2::bigint) AS i) AS g) AS k
 """
 # Without the chain trigger: placeholder hashes of the real size (32 bytes each).
 _PLACEHOLDER_HASHES = {
