@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     pool_size = args.pool_size or Database().pool_max_size
     # Forked before any event loop exists: each process makes its own loop and pool.
     ctx = multiprocessing.get_context("fork")
-    listening: Synchronized[int] = ctx.Value("i", 0)  # type: ignore[assignment]
+    listening: Synchronized[int] = ctx.Value("i", 0)
     all_in = ctx.Event()
     n = args.workers
     procs = [
