@@ -337,7 +337,10 @@ class Bench:
             notes.append(note)
             say(f"[run {n}] {notes[-1]}")
 
+        took: list[str] = []  # each step's wall time, to tell what a longer run would take
+
         async def step(name: str, coro: Awaitable[None]) -> None:
+            started = time.monotonic()
             try:
                 await coro
             except Exception as exc:
@@ -346,6 +349,8 @@ class Bench:
                 notes.append(f"{name}: FAILED: {exc!r}")
                 say(traceback.format_exc().rstrip())
                 say(f"[run {n}] {notes[-1]}")
+            finally:
+                took.append(f"{name} {time.monotonic() - started:.0f}")
 
         async def pgbench(debits: bool = False) -> None:
             """The postback's SQL, or with `debits` the debit's, on funded wallets."""
@@ -459,6 +464,7 @@ class Bench:
         await step("50 % of peak", latency(0.5))
         await step("80 % of peak", latency(0.8))
         await step("verify", verify())
+        notes.append(f"wall time of each step, s: {', '.join(took)}")
         f["errors"] = errors
         report.derive(f)
         return f, notes
