@@ -107,7 +107,11 @@ def aggregate(paths: Iterable[Path]) -> Profile:
 def text(label: str, paths: list[Path], top: int = TOP) -> list[str]:
     """The top functions by self and by total time, as lines of text."""
     p = aggregate(paths)
-    lines = [f"profile of {label}: {p.samples:,} samples from {len(paths)} worker(s)"]
+    lines = [
+        f"profile of {label}: {p.samples:,} samples from {len(paths)} worker(s); a function's"
+        " self time includes the C code it calls (the frame that runs the event loop holds"
+        " uvloop's own time)"
+    ]
     if not p.samples:
         return lines
     for title, counts in (("self", p.self_time), ("total", p.total_time)):

@@ -73,7 +73,7 @@ def test_collapsed_stacks_add_up_by_function(tmp_path: Path) -> None:
     assert p.total_time["main (app.py)"] == 20 and p.total_time["handle (web.py)"] == 19
     assert p.total_time["loop (app.py)"] == 1  # recursion counts once a sample
     text = profiling.text("ingest", [one, two])
-    assert text[0] == "profile of ingest: 20 samples from 2 worker(s)"
+    assert text[0].startswith("profile of ingest: 20 samples from 2 worker(s);")
     assert "     80.0 %  query (db.py)" in text
 
 
