@@ -10,8 +10,10 @@ of run 1's peak ingest and reports how each worker's RSS grows. The service runs
 
 `--profile` attaches py-spy (not a dependency: `.venv/bin/pip install py-spy`) to each worker
 during the ingest, debit and read measurements and prints the top functions by self and by
-total time. A full default run takes about 45 minutes on a 2-core machine (loading the 10 M
-log is about a third of it, the soak another 10 minutes).
+total time. A full default run takes about 40 to 45 minutes on a quiet 2-core machine: some
+10 to load the logs (1 M events through the chain trigger, 10 M without), about 5 per run
+(four minutes of measurements and service starts, and verify's 1 M events: 80 s at 12,000
+events/s), and the 10-minute soak. Each run's notes give each step's wall time.
 
     make bench                                  # the whole table, as the targets are set
     make bench BENCH_ARGS="--small --soak 0"    # no large log, no soak
