@@ -60,6 +60,14 @@ def succeeded(status: str) -> bool:
     return len(status) == 3 and status.startswith("2") and status.isdigit()
 
 
+class Requests(Protocol):
+    """What the open loop sends: a list, or a sequence that makes each request when asked."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int, /) -> Request: ...
+
+
 class Connection(Protocol):
     async def fetch(self, req: Request) -> int: ...
 
@@ -78,6 +86,7 @@ class Result:
     served_ms: list[float] = field(default_factory=list)  # the server's own timings, if known
     client_cpu: float = 0.0  # CPU seconds of this process per second of the window
     cpu: dict[str, float] = field(default_factory=dict)  # cores used by the servers, if known
+    rss: dict[int, float] = field(default_factory=dict)  # max RSS (MiB) of each server worker
 
     @property
     def rate(self) -> float:
@@ -292,9 +301,10 @@ async def closed_loop(
 
 
 async def open_loop(
-    conns: list[Connection], items: list[Request], rate: float, warmup: float, duration: float
+    conns: list[Connection], items: Requests, rate: float, warmup: float, duration: float
 ) -> Result:
-    """Request i is due at t0 + i / rate; latencies count from the due time."""
+    """Request i is due at t0 + i / rate; latencies count from the due time. `items` may make
+    each request when it is asked for (the soak's are too many to hold)."""
     result = Result(seconds=duration)
     total = min(len(items), int(rate * (warmup + duration)))
     result.exhausted = total < int(rate * (warmup + duration))

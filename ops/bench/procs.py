@@ -1,5 +1,6 @@
 """The HTTP servers under test, as subprocesses: the service (`python -m service serve`) with a
-temporary configuration, and the bare aiohttp baseline (bare_server.py)."""
+temporary configuration, and the bare aiohttp + asyncpg baseline (bare_server.py); the CPU use
+of their process trees and the memory (RSS) of their worker processes."""
 
 from __future__ import annotations
 
@@ -174,8 +175,18 @@ async def service(
 
 
 @contextlib.asynccontextmanager
-async def bare(log: Path) -> AsyncIterator[Running]:
-    args = [sys.executable, str(HERE / "bare_server.py"), "{port}"]
+async def bare(
+    dsn: str, log: Path, workers: int | None, pool_size: int | None
+) -> AsyncIterator[Running]:
+    """The bare baseline reading database `dsn` as the service's runtime role does, as many
+    processes as the service's workers, with the service's pool size."""
+    from service.db.connection import with_user
+    from service.embedded import RUNTIME_ROLE
+
+    args = [sys.executable, str(HERE / "bare_server.py"), "{port}", with_user(dsn, RUNTIME_ROLE)]
+    args += ["--workers", str(workers or 1)]
+    if pool_size:
+        args += ["--pool-size", str(pool_size)]
     async with _server(args, log, "/readyz") as running:
         yield running
 
@@ -213,3 +224,42 @@ async def cpu_cores(roots: dict[str, int], delay: float, seconds: float) -> dict
         for name in roots
         if after[name]
     }
+
+
+# --- memory --------------------------------------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def workers(pid: int) -> list[psutil.Process]:
+    """The processes that serve requests: the children of a supervisor (serve --workers, the
+    bare server), or the process itself when it has none."""
+    try:
+        root = psutil.Process(pid)
+        children = root.children()
+    except psutil.Error:
+        return []
+    return children or [root]
+
+
+def rss_mib(pid: int) -> dict[int, float]:
+    """The resident memory (MiB) of each worker of the server `pid`, by pid."""
+    found = {}
+    for p in workers(pid):
+        with contextlib.suppress(psutil.Error):
+            found[p.pid] = p.memory_info().rss / MIB
+    return found
+
+
+async def max_rss(pid: int, delay: float, seconds: float, every: float = 0.5) -> dict[int, float]:
+    """The largest RSS (MiB) of each worker of the server `pid` over `seconds`, after `delay`,
+    sampled every `every` seconds."""
+    await asyncio.sleep(delay)
+    found: dict[int, float] = {}
+    end = time.monotonic() + seconds
+    while True:
+        for p, mib in (await asyncio.to_thread(rss_mib, pid)).items():
+            found[p] = max(found.get(p, 0.0), mib)
+        if time.monotonic() >= end:
+            return found
+        await asyncio.sleep(min(every, max(0.0, end - time.monotonic())))

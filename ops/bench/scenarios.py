@@ -11,6 +11,7 @@ import hashlib
 import math
 import random
 import sys
+import time
 import traceback
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 import loadgen
 import pgtools
 import procs
+import profiling
 import report
 
 MAX_RATE = 20_000  # postbacks/s the pre-generated requests allow for in closed loop
@@ -54,6 +56,38 @@ def signed_postbacks(
         reqs.append(loadgen.request(procs.HOST, port, path))
         subids.append(subid)
     return reqs, subids
+
+
+class LazyPostbacks:
+    """`n` signed postbacks as `signed_postbacks` makes them, each made when it is asked for:
+    the soak sends too many to hold them all."""
+
+    def __init__(self, rng: random.Random, users: int, port: int, n: int) -> None:
+        self.rng, self.users, self.port, self.n = rng, users, port, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int, /) -> loadgen.Request:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        reqs, _ = signed_postbacks(self.rng, self.users, self.port, 1)
+        return reqs[0]
+
+
+def slope(points: list[tuple[float, float]]) -> float:
+    """The least-squares slope of (x, y) points; NaN with fewer than two distinct x."""
+    if len({x for x, _ in points}) < 2:
+        return math.nan
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sxx
+
+
+SOAK_WARMUP = 30.0  # seconds of a soak before its memory counts (at most 10 % of it)
+SOAK_EVERY = 5.0  # seconds between RSS samples (at most a tenth of the soak)
+SHORT_SOAK = 300.0  # seconds: a shorter soak's slope says more about warm-up than about leaks
 
 
 def debits(
@@ -94,6 +128,9 @@ class Bench:
     verify_db: str = ""
     funded_db: str = ""  # every user funded for the debits, copied for each debit scenario
     rng: random.Random = field(default_factory=random.Random)
+    py_spy: str | None = None  # with --profile: the py-spy binary
+    profiles: dict[str, list[Path]] = field(default_factory=dict)  # stacks' files by scenario
+    profile_failures: list[str] = field(default_factory=list)
 
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
@@ -120,33 +157,54 @@ class Bench:
         return found
 
     async def metered(
-        self, roots: dict[str, int], load: Awaitable[loadgen.Result]
+        self,
+        name: str,
+        server: procs.Running,
+        load: Awaitable[loadgen.Result],
+        profiled: str = "",
     ) -> loadgen.Result:
-        """`load`, with the CPU use of `roots` over its window (warm-up excluded)."""
+        """`load`, with the CPU use of the server (and PostgreSQL's) and the largest RSS of each
+        of its workers over its window (warm-up excluded); with --profile and `profiled` (the
+        scenario's name), py-spy on each worker over the window."""
         a = self.args
-        meter = asyncio.create_task(procs.cpu_cores(roots, a.warmup, a.duration))
+        meter = asyncio.create_task(procs.cpu_cores(self.roots(name, server), a.warmup, a.duration))
+        rss = asyncio.create_task(procs.max_rss(server.pid, a.warmup, a.duration))
+        spy = None
+        if self.py_spy and profiled:
+            pids = [p.pid for p in procs.workers(server.pid)]
+            label = f"profile-{profiled}-{self.rng.getrandbits(24):06x}"
+            spy = asyncio.create_task(
+                profiling.record(self.py_spy, pids, a.warmup, a.duration, self.logs, label)
+            )
         result = await load
         result.cpu = await meter
+        result.rss = await rss
+        if spy is not None:
+            files, failures = await spy
+            self.profiles.setdefault(profiled, []).extend(files)
+            self.profile_failures.extend(failures)
         return result
 
     async def closed(
-        self, name: str, server: procs.Running, items: list[loadgen.Request]
+        self, name: str, server: procs.Running, items: list[loadgen.Request], profiled: str = ""
     ) -> loadgen.Result:
         a = self.args
         async with loadgen.Clients(a.client, procs.HOST, server.port, a.clients, AUTH) as conns:
             load = loadgen.closed_loop(conns, items, a.warmup, a.duration)
-            return await self.metered(self.roots(name, server), load)
+            return await self.metered(name, server, load, profiled)
 
     async def served(self, result: loadgen.Result, log: Path, prefix: str) -> None:
         """Add the service's own timings from its log (complete once it has stopped)."""
         result.served_ms = await asyncio.to_thread(procs.served_ms, log, result.window, prefix)
 
-    async def ingest(self, dsn: str, label: str) -> tuple[loadgen.Result, list[str]]:
+    async def ingest(
+        self, dsn: str, label: str, profiled: str = ""
+    ) -> tuple[loadgen.Result, list[str]]:
         log = self.log(label)
         async with procs.service(dsn, log, self.workers, self.args.pool_size) as server:
             items, subids = self.postbacks(server.port, self.capacity())
             await pgtools.checkpoint(dsn)
-            result = await self.closed("service", server, items)
+            result = await self.closed("service", server, items, profiled)
         await self.served(result, log, "/postbacks/")
         return result, sorted({subids[i] for i in result.ok_items})
 
@@ -160,7 +218,7 @@ class Bench:
                 a.client, procs.HOST, server.port, a.clients, SPEND_AUTH
             ) as conns:
                 load = loadgen.closed_loop(conns, items, a.warmup, a.duration)
-                result = await self.metered(self.roots("service", server), load)
+                result = await self.metered("service", server, load, "debits")
         await self.served(result, log, "/v1/wallets/{user_id}/debits")
         return result
 
@@ -184,17 +242,83 @@ class Bench:
             n = a.clients * OPEN_LOOP_CONNECTIONS
             async with loadgen.Clients(a.client, procs.HOST, server.port, n, AUTH) as conns:
                 load = loadgen.open_loop(conns, items, rate, a.warmup, a.duration)
-                result = await self.metered(self.roots("service", server), load)
+                result = await self.metered("service", server, load)
         await self.served(result, log, "/postbacks/")
         return result
+
+    async def soak(self, rate: float) -> tuple[report.Figures, list[str]]:
+        """The service under a steady open-loop postback load at `rate` for --soak seconds on
+        a database of its own, each worker's RSS sampled all along: RSS after the warm-up, at
+        the end, and its growth per 10 minutes (the least-squares slope of the samples)."""
+        a, log = self.args, self.log("soak")
+        seconds = float(a.soak)
+        warm = min(SOAK_WARMUP, 0.1 * seconds)
+        every = min(SOAK_EVERY, seconds / 10)
+        samples: dict[int, list[tuple[float, float]]] = {}
+        dsn = await self.server.create("soak")
+        try:
+            async with procs.service(dsn, log, self.workers, a.pool_size) as server:
+                total = int(rate * seconds) + 1
+                items = LazyPostbacks(self.rng, a.users, server.port, total)
+                await pgtools.checkpoint(dsn)
+
+                async def take(at: float) -> None:
+                    for pid, mib in (await asyncio.to_thread(procs.rss_mib, server.pid)).items():
+                        samples.setdefault(pid, []).append((at, mib))
+
+                async def sample() -> None:
+                    started = time.monotonic()
+                    while True:
+                        at = time.monotonic() - started
+                        if at >= warm:
+                            await take(at)
+                        await asyncio.sleep(every)
+
+                n = a.clients * OPEN_LOOP_CONNECTIONS
+                async with loadgen.Clients(a.client, procs.HOST, server.port, n, AUTH) as conns:
+                    sampler = asyncio.create_task(sample())
+                    try:
+                        result = await loadgen.open_loop(conns, items, rate, 0.0, seconds)
+                        await take(seconds)  # one last sample at the end of the load
+                    finally:
+                        sampler.cancel()
+        finally:
+            await self.server.drop(dsn)
+        f = report.Figures()
+        growth = {pid: slope(points) * 600 for pid, points in samples.items()}
+        if samples:
+            f["soak_start"] = max(points[0][1] for points in samples.values())
+            f["soak_end"] = max(points[-1][1] for points in samples.values())
+            f["soak_growth"] = max(growth.values())
+        f["soak_errors"] = result.errors
+        notes = [
+            f"soak: {seconds:g} s at {rate:,.0f} postbacks/s (50 % of run 1's peak), open loop;"
+            f" {result.rate:,.0f}/s answered 2xx; p50 {result.percentile(0.5):.1f} ms,"
+            f" p99 {result.percentile(0.99):.1f} ms from the due time"
+            + (f"; ERRORS: {result.error_text()}" if result.errors else ""),
+            f"soak memory: RSS sampled every {every:g} s after {warm:g} s of warm-up, per worker",
+        ]
+        if seconds < SHORT_SOAK:
+            notes[-1] += f" (under {SHORT_SOAK:g} s, the slope is warm-up's, not a leak's)"
+        for pid, points in sorted(samples.items()):
+            notes.append(
+                f"  worker {pid}: {points[0][1]:.1f} MiB at {points[0][0]:.0f} s,"
+                f" {points[-1][1]:.1f} MiB at {points[-1][0]:.0f} s, {len(points)} samples,"
+                f" growth {growth[pid]:+.2f} MiB per 10 min"
+            )
+        for line in notes:
+            say(line)
+        return f, notes
 
     async def run(self, n: int) -> tuple[report.Figures, list[str]]:
         a, f, notes = self.args, report.Figures(), []
         errors = 0
 
-        def record(name: str, result: loadgen.Result) -> None:
+        def record(name: str, result: loadgen.Result, service: bool = True) -> None:
             nonlocal errors
             errors += result.errors
+            if service and result.rss:
+                f["rss"] = max(f.get("rss", 0.0), *result.rss.values())
             note = f"{name}: {result.rate:,.0f}/s answered 2xx"
             if result.errors:
                 note += f"; ERRORS: {result.error_text()}"
@@ -206,10 +330,17 @@ class Bench:
             if result.served_ms:
                 p50, p99 = (loadgen.percentile(result.served_ms, s) for s in (0.5, 0.99))
                 note += f"; the service's own time (its log) p50 {p50:.1f} ms, p99 {p99:.1f} ms"
-            notes.append(f"{note}; {cpu_text(result.cpu, result.client_cpu)}")
+            note += f"; {cpu_text(result.cpu, result.client_cpu)}"
+            if result.rss:
+                mib = ", ".join(f"{m:.1f}" for m in result.rss.values())
+                note += f"; max RSS per worker, MiB: {mib}"
+            notes.append(note)
             say(f"[run {n}] {notes[-1]}")
 
+        took: list[str] = []  # each step's wall time, to tell what a longer run would take
+
         async def step(name: str, coro: Awaitable[None]) -> None:
+            started = time.monotonic()
             try:
                 await coro
             except Exception as exc:
@@ -218,6 +349,8 @@ class Bench:
                 notes.append(f"{name}: FAILED: {exc!r}")
                 say(traceback.format_exc().rstrip())
                 say(f"[run {n}] {notes[-1]}")
+            finally:
+                took.append(f"{name} {time.monotonic() - started:.0f}")
 
         async def pgbench(debits: bool = False) -> None:
             """The postback's SQL, or with `debits` the debit's, on funded wallets."""
@@ -257,7 +390,7 @@ class Bench:
         async def ingest() -> None:
             nonlocal ingest_dsn, users
             ingest_dsn = await self.server.create("ingest")
-            result, users = await self.ingest(ingest_dsn, f"run{n}-ingest")
+            result, users = await self.ingest(ingest_dsn, f"run{n}-ingest", "ingest")
             f["ingest"] = result.rate
             record("ingest (service, empty log)", result)
 
@@ -284,15 +417,16 @@ class Bench:
             log = self.log(f"run{n}-reads")
             async with procs.service(ingest_dsn, log, self.workers, a.pool_size) as server:
                 items = self.reads(server.port, order, self.capacity())
-                result = await self.closed("service", server, items)
+                result = await self.closed("service", server, items, "reads")
             await self.served(result, log, "/v1/wallets/")
             f["reads"] = result.rate
             record("wallet reads (service)", result)
-            async with procs.bare(self.log(f"run{n}-bare")) as server:
+            bare_log = self.log(f"run{n}-bare")
+            async with procs.bare(ingest_dsn, bare_log, self.workers, a.pool_size) as server:
                 items = self.reads(server.port, order, self.capacity())
                 result = await self.closed("bare server", server, items)
             f["bare"] = result.rate
-            record("wallet reads (bare aiohttp)", result)
+            record("wallet reads (bare aiohttp + asyncpg)", result, service=False)
 
         async def latency(share: float) -> None:
             pct = round(share * 100)
@@ -330,6 +464,7 @@ class Bench:
         await step("50 % of peak", latency(0.5))
         await step("80 % of peak", latency(0.8))
         await step("verify", verify())
+        notes.append(f"wall time of each step, s: {', '.join(took)}")
         f["errors"] = errors
         report.derive(f)
         return f, notes
