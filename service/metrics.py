@@ -118,6 +118,19 @@ SPEND_OUTCOMES = (
     "overloaded",
     "unavailable",
 )
+
+
+@functools.cache
+def _spend(operation: str, outcome: str) -> Any:
+    return SPEND.labels(operation=operation, outcome=outcome)
+
+
+def spend(operation: str, outcome: str, count: int = 1) -> None:
+    """Count spending requests (`count` of them: an expiry releases several holds at once);
+    the series is looked up once per operation and outcome (fixed sets)."""
+    _spend(operation, outcome).inc(count)
+
+
 NEGATIVE_WALLETS = Gauge(
     "ledger_negative_wallets",
     "Wallets whose balance is below zero (a chargeback after the user spent the credit)",

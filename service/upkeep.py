@@ -74,7 +74,7 @@ async def sweep(app: web.Application) -> int:
     )
     released = sum(1 for r in receipts if r.spent is not None)
     if released:
-        metrics.SPEND.labels(operation="expire", outcome="applied").inc(released)
+        metrics.spend("expire", "applied", released)
     return released
 
 

@@ -265,17 +265,17 @@ async def _spend(request: web.Request, kind: Kind) -> web.Response:
         command = await _command(request, kind)
     except ApiError as exc:
         outcome = "invalid" if exc.status == 400 else exc.code
-        metrics.SPEND.labels(operation=kind.value, outcome=outcome).inc()
+        metrics.spend(kind.value, outcome)
         raise
     try:
         receipt = await request.app[keys.WRITER].spend(Spend(command, render))
     except Overloaded as exc:
-        metrics.SPEND.labels(operation=kind.value, outcome="overloaded").inc()
+        metrics.spend(kind.value, "overloaded")
         response = json_error(503, "overloaded", f"overloaded, retry later: {exc}")
         response.headers["Retry-After"] = "1"
         return response
     except Exception:
-        metrics.SPEND.labels(operation=kind.value, outcome="unavailable").inc()
+        metrics.spend(kind.value, "unavailable")
         raise
     refusal = receipt.refusal
     if receipt.replayed:
@@ -284,7 +284,7 @@ async def _spend(request: web.Request, kind: Kind) -> web.Response:
         outcome = "invalid" if refusal.status == 400 else refusal.code
     else:
         outcome = "applied"
-    metrics.SPEND.labels(operation=kind.value, outcome=outcome).inc()
+    metrics.spend(kind.value, outcome)
     if not receipt.body and refusal is not None:  # a refusal of the key itself: not stored
         return json_error(refusal.status, refusal.code, refusal.detail)
     response = json_body(receipt.status, receipt.body)
