@@ -114,7 +114,8 @@ def _columns(pairs: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
 # Unlinked events: an internal service's credit credits, a debit debits, the rest move nothing.
 # Every event counts in its user's event_count. `$1`, `$2` name the transactions left to the
 # domain fold; `$3` to `$6` are what the domain fold's events moved per user, added in here.
-# The answer: how many wallets and settlements differ, and how many wallets there are.
+# A stored wallet without events is compared with an empty one. The answer: how many wallets
+# and settlements differ, and how many wallets there are.
 FOLD = f"""
 WITH left_out AS MATERIALIZED (
     SELECT * FROM unnest($1::text[], $2::text[]) AS l(provider, link)
@@ -196,9 +197,10 @@ expected AS (
 wallet_differences AS (
     SELECT count(*) AS wallets,
            count(*) FILTER (
-               WHERE x.user_id IS NULL OR w.user_id IS NULL
-                  OR (x.total_credited - x.total_reversed - x.total_debited, x.total_credited,
-                      x.total_reversed, x.total_debited, x.event_count)
+               WHERE w.user_id IS NULL
+                  OR (coalesce(x.total_credited - x.total_reversed - x.total_debited, 0),
+                      coalesce(x.total_credited, 0), coalesce(x.total_reversed, 0),
+                      coalesce(x.total_debited, 0), coalesce(x.event_count, 0))
                      IS DISTINCT FROM
                      (w.balance, w.total_credited, w.total_reversed, w.total_debited,
                       w.event_count)
