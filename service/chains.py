@@ -1,8 +1,8 @@
 """Every event's hash and its link to the previous event of its user, checked as fast as the
-log can be read: the database hands over each event's hashed bytes (db/verify_sql.py, from
-built-in functions only) and the hash is recomputed here with the chain key, which never
-leaves this process. The first event that breaks each user's chain is named, as `replay`
-names it; with a boundary, the chain heads below it are collected for checkpoints."""
+log can be read: each event's hashed bytes are rebuilt here from its stored fields
+(chain.body) and hashed with the chain key, which never leaves this process. The first event
+that breaks each user's chain is named, as `replay` names it; with a boundary, the chain heads
+below it are collected for checkpoints."""
 
 from __future__ import annotations
 
@@ -37,8 +37,29 @@ async def check_chains(conn: asyncpg.Connection, key: ChainKey, boundary: int | 
     first_keyed: int | None = None
     events = unkeyed = head_events = 0
     progress = Progress("verify", await read.log_size(conn))
+    body, instant = chain.body, chain.instant
+    at: object = None
+    when = b""
     async for rows in verify_sql.chain_batches(conn, boundary):
-        for position, user, version, prev, stored, is_below, body in rows:
+        for (
+            position,
+            user,
+            version,
+            prev,
+            stored,
+            is_below,
+            provider,
+            event_key,
+            kind,
+            amount,
+            ref,
+            test,
+            data,
+            recorded_at,
+        ) in rows:
+            if recorded_at != at:  # the events of one transaction share their time
+                at, when = recorded_at, instant(recorded_at)
+            hashed = body(position, provider, event_key, kind, user, amount, ref, test, data, when)
             if version == unkeyed_chain:
                 unkeyed += 1
             elif first_keyed is None:
@@ -48,13 +69,13 @@ async def check_chains(conn: asyncpg.Connection, key: ChainKey, boundary: int | 
                 not (
                     version == keyed
                     and stored is not None
-                    and mac(body if prev is None else prev + body) == stored
+                    and mac(hashed if prev is None else prev + hashed) == stored
                     and prev == last.get(user)
                 )
                 and user not in broken
             ):
                 problem = chain_problem(
-                    version, prev, stored, body, key, last.get(user), first_keyed
+                    version, prev, stored, hashed, key, last.get(user), first_keyed
                 )
                 if problem:
                     # Only the first break of each user's chain is named: later events chain

@@ -199,9 +199,22 @@ Projections = tuple[list[str], int, int]  # differences, wallets, receipt offers
 
 async def _fast_projections(conn: asyncpg.Connection) -> Projections | None:
     """The projections checked with most of the log folded in SQL (db/verify_sql.py) and the
-    rest (receipt offers, holds, transactions linked by a click) by the domain fold; None when
-    anything differs, to be named by `_replayed_projections`."""
-    replayed = fold(await verify_sql.replayed_events(conn))
+    rest (receipt offers, holds, transactions linked by a click or contested) by the domain
+    fold; None when anything differs, to be named by `_replayed_projections`."""
+    checked = await _fold_and_compare(conn, contested=False)
+    if checked is None:
+        # Contested transactions (from a log written before they were refused): fold them in
+        # Python too, and compare again.
+        checked = await _fold_and_compare(conn, contested=True)
+    return checked or None
+
+
+async def _fold_and_compare(
+    conn: asyncpg.Connection, contested: bool
+) -> Projections | tuple[()] | None:
+    """One pass of `_fast_projections`: None when `FOLD` saw contested transactions it was not
+    told about, () when something differs."""
+    replayed = fold(await verify_sql.replayed_events(conn, contested))
     links = replayed.settlements.keys()
     stored_offers = await read.snapshot_offers(conn)
     found = [
@@ -216,8 +229,10 @@ async def _fast_projections(conn: asyncpg.Connection) -> Projections | None:
         for user, w in replayed.wallets.items()
     ]
     row = await verify_sql.fold(conn, links, moved)
+    if row["contested"]:
+        return () if contested else None
     if found or row["wallet_differences"] or row["settlement_differences"]:
-        return None
+        return ()
     return [], row["wallets"], len(replayed.offers.keys() | stored_offers.keys())
 
 

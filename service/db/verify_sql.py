@@ -14,20 +14,13 @@ from ..domain import settlement
 from ..domain.events import Event
 from . import read
 
-# Each event's hashed bytes without the previous hash: the jsonb text of the array of its
-# fields, assembled here from built-in functions only (schema-qualified, so that no function
-# the owner creates can stand in for one), the same expression as schema.sql's event_message.
-# The chain key never goes to the database: the hash is computed in Python, and a unit test
-# checks these bytes against chain.message for odd values.
-_BODY = """pg_catalog.convert_to(pg_catalog.jsonb_build_array(
-    position, provider, key, type, user_id, amount, provider_ref, test, data,
-    pg_catalog.to_char(pg_catalog.timezone('UTC', recorded_at), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-)::text, 'UTF8')"""
-
-# What the chain check reads of every event, in position order; `below`: written by a
-# transaction below the boundary given (a checkpoint's heads).
-CHAINS = f"""
-SELECT position, user_id, chain, prev_hash, hash, txid < $1::xid8 AS below, {_BODY} AS body
+# What the chain check reads of every event, in position order: the stored hashes and the
+# fields the hash covers, the numeric and the jsonb as the database's own text (the bytes the
+# hash covers); `below`: written by a transaction below the boundary given (a checkpoint's
+# heads). The hashed bytes are assembled in Python (chain.body), never by the database.
+CHAINS = """
+SELECT position, user_id, chain, prev_hash, hash, txid < $1::xid8 AS below, provider, key, type,
+       amount::text, provider_ref, test, data::text, recorded_at
 FROM events ORDER BY position
 """
 
@@ -35,17 +28,11 @@ FROM events ORDER BY position
 async def chain_batches(
     conn: asyncpg.Connection, boundary: int | None, batch: int = 50_000
 ) -> AsyncIterator[list[asyncpg.Record]]:
-    """Every event's chain columns and hashed bytes (`CHAINS`), in position order, in lists of
-    `batch` rows; call inside a transaction that sees a stable log."""
+    """Every event's chain columns (`CHAINS`), in position order, in lists of `batch` rows;
+    call inside a transaction that sees a stable log."""
     cursor = await conn.cursor(CHAINS, 0 if boundary is None else boundary)
     while rows := await cursor.fetch(batch):
         yield rows
-
-
-async def body(conn: asyncpg.Connection, position: int) -> bytes:
-    """One event's hashed bytes as `CHAINS` gives them (for the test against chain.message)."""
-    value: bytes = await conn.fetchval(f"SELECT {_BODY} FROM events WHERE position = $1", position)
-    return value
 
 
 # A credit or reversal that pairs by its own wall transaction (settlement.link is then
@@ -86,13 +73,15 @@ ORDER BY position
 WORK_MEM = "SET LOCAL work_mem = '512MB'"
 
 
-async def replayed_events(conn: asyncpg.Connection) -> list[Event]:
+async def replayed_events(conn: asyncpg.Connection, contested: bool = False) -> list[Event]:
     """The events the domain fold replays (see `FOLD`), in position order: the special events,
-    and the plain events of the wall transactions they touch and of contested ones."""
+    the plain events of the wall transactions they touch, and with `contested` those of the
+    contested ones (found by a pass of their own, needed only when `FOLD` saw some)."""
     await conn.execute(WORK_MEM)
     special = [read.to_event(r) for r in await conn.fetch(_SPECIAL_EVENTS)]
     links = {link for e in special if (link := settlement.link(e)) is not None}
-    links |= {(r["provider"], r["provider_ref"]) for r in await conn.fetch(_CONTESTED)}
+    if contested:
+        links |= {(r["provider"], r["provider_ref"]) for r in await conn.fetch(_CONTESTED)}
     if not links:
         return special
     providers, names = _columns(links)
@@ -131,7 +120,9 @@ pairs AS (
            max(amount) FILTER (WHERE type = 'reversed') AS reversed,
            max(position) FILTER (WHERE type = 'reversed') AS reversal_position,
            bool_or(coalesce(data->'reverses_whole_credit' = 'true'::jsonb, false))
-               FILTER (WHERE type = 'reversed') AS whole
+               FILTER (WHERE type = 'reversed') AS whole,
+           count(*) FILTER (WHERE type = 'credited') > 1
+               OR count(*) FILTER (WHERE type = 'reversed') > 1 AS contested
     FROM events AS e
     WHERE {_PLAIN}
       AND NOT EXISTS (SELECT 1 FROM left_out AS l
@@ -207,7 +198,8 @@ wallet_differences AS (
            ) AS n
     FROM expected AS x FULL JOIN wallets AS w USING (user_id)
 )
-SELECT w.wallets, w.n AS wallet_differences, s.n AS settlement_differences
+SELECT w.wallets, w.n AS wallet_differences, s.n AS settlement_differences,
+       (SELECT count(*) FROM pairs WHERE contested) AS contested
 FROM wallet_differences AS w, settlement_differences AS s
 """
 
@@ -217,9 +209,9 @@ async def fold(
     left_out: Iterable[tuple[str, str]],
     moved: Sequence[tuple[str, Decimal, Decimal, Decimal]],
 ) -> Any:
-    """`FOLD`: (wallets, wallet_differences, settlement_differences). `left_out`: the wall
-    transactions the domain fold replayed; `moved`: (user, credited, reversed, debited) that
-    its events moved."""
+    """`FOLD`: (wallets, wallet_differences, settlement_differences, contested). `left_out`:
+    the wall transactions the domain fold replayed; `moved`: (user, credited, reversed,
+    debited) that its events moved."""
     providers, names = _columns(left_out)
     return await conn.fetchrow(
         FOLD,
