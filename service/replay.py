@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -64,33 +65,13 @@ async def replay(
     """Call inside a transaction that sees a stable log (repeatable read, or writers locked).
     With `boundary`, also collect the chain heads of the events of transactions below it."""
     result = Replay()
-    empty, no_offer = wallet.Wallet(), receipt_offers.ReceiptOffer()
     heads: dict[str, bytes | None] = {}  # user -> hash of the user's latest event
     broken: set[str] = set()
     first_keyed: int | None = None
     progress = Progress(label, await read.log_size(conn))
     async for event, c in read.snapshot_events(conn):
         user = event.user_id
-        movement = settlement.move(result.settlements, event)
-        result.wallets[user] = wallet.apply(result.wallets.get(user, empty), movement)
-        result.wallet_last[user] = event.position
-        result.wallet_at[user] = event.recorded_at
-        link = settlement.link(event)
-        if link is not None and link in result.settlements:
-            result.settlement_last[link] = event.position
-            result.settlement_at[link] = event.recorded_at
-        offer = receipt_offers.offer_key(event)
-        if offer is not None:
-            result.offers[offer], _ = receipt_offers.apply(
-                result.offers.get(offer, no_offer), event, movement
-            )
-            result.offer_last[offer] = event.position
-            result.offer_at[offer] = event.recorded_at
-        hold = holds.hold_id(event)
-        if hold is not None:
-            result.holds[hold] = holds.apply(result.holds.get(hold), event)
-            result.hold_last[hold] = event.position
-            result.hold_at[hold] = event.recorded_at
+        _fold(result, event)
         if c.chain == chain.UNKEYED:
             result.unkeyed += 1
         elif first_keyed is None:
@@ -109,6 +90,44 @@ async def replay(
         progress.advance()
     progress.done()
     return result
+
+
+def fold(events: Iterable[Event]) -> Replay:
+    """The projections of `events` alone (in position order), without their hashes: `verify`
+    folds here the events whose effect only the domain code decides, and the rest in SQL."""
+    result = Replay()
+    for event in events:
+        _fold(result, event)
+        result.events += 1
+    return result
+
+
+_EMPTY, _NO_OFFER = wallet.Wallet(), receipt_offers.ReceiptOffer()
+
+
+def _fold(result: Replay, event: Event) -> None:
+    """Fold one more event into every projection of `result`."""
+    user = event.user_id
+    movement = settlement.move(result.settlements, event)
+    result.wallets[user] = wallet.apply(result.wallets.get(user, _EMPTY), movement)
+    result.wallet_last[user] = event.position
+    result.wallet_at[user] = event.recorded_at
+    link = settlement.link(event)
+    if link is not None and link in result.settlements:
+        result.settlement_last[link] = event.position
+        result.settlement_at[link] = event.recorded_at
+    offer = receipt_offers.offer_key(event)
+    if offer is not None:
+        result.offers[offer], _ = receipt_offers.apply(
+            result.offers.get(offer, _NO_OFFER), event, movement
+        )
+        result.offer_last[offer] = event.position
+        result.offer_at[offer] = event.recorded_at
+    hold = holds.hold_id(event)
+    if hold is not None:
+        result.holds[hold] = holds.apply(result.holds.get(hold), event)
+        result.hold_last[hold] = event.position
+        result.hold_at[hold] = event.recorded_at
 
 
 def _chain_problem(

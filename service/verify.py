@@ -13,12 +13,13 @@ from typing import Any
 
 import asyncpg
 
-from .db import read, roles, translated
+from .chains import Chains, check_chains
+from .db import read, roles, translated, verify_sql
 from .domain import holds, receipt_offers, settlement, wallet
 from .domain.amounts import format_amount
 from .domain.chain import ChainKey
 from .domain.checkpoint import FORMAT, Checkpoint, heads_digest
-from .replay import Replay, replay
+from .replay import fold, replay
 
 _FIELDS = wallet.Wallet.__struct_fields__
 
@@ -164,7 +165,7 @@ async def take_checkpoint(
 
 async def _examine(
     conn: asyncpg.Connection, key: ChainKey, runtime_role: str | None, boundary: int | None
-) -> tuple[Report, Replay, int]:
+) -> tuple[Report, Chains, int]:
     with translated():
         # One snapshot for the log and the projections: writes that commit meanwhile are in
         # none of them, so a busy service cannot make them look different.
@@ -176,30 +177,86 @@ async def _examine(
                 *await roles.trigger_problems(conn),
                 *await roles.runtime_problems(conn, role),
             ]
-            stored = await read.snapshot_wallets(conn)
-            stored_offers = await read.snapshot_offers(conn)
-            stored_settlements = await read.snapshot_settlements(conn)
-            stored_holds = await read.snapshot_holds(conn)
-            result = await replay(conn, "verify", key, xmin if boundary is None else boundary)
+            chains = await check_chains(conn, key, xmin if boundary is None else boundary)
+            projections = await _fast_projections(conn)
+            if projections is None:
+                # Something differs: the domain fold of the whole log names every difference.
+                projections = await _replayed_projections(conn, key)
+    differences, wallets, offers = projections
     report = Report(
-        events=result.events,
-        wallets=len(result.wallets.keys() | stored.keys()),
-        offers=len(result.offers.keys() | stored_offers.keys()),
-        differences=[
-            *guards,
-            *result.chain_breaks,
-            *compare(result.wallets, stored),
-            *compare_offers(result.offers, stored_offers),
-            *compare_settlements(result.settlements, stored_settlements),
-            *compare_holds(result.holds, stored_holds),
-        ],
+        events=chains.events,
+        wallets=wallets,
+        offers=offers,
+        differences=[*guards, *chains.chain_breaks, *differences],
     )
-    if result.unkeyed:
-        report.notes.append(f"{result.unkeyed} events unkeyed (hashed before the chain key)")
-    return report, result, xmin
+    if chains.unkeyed:
+        report.notes.append(f"{chains.unkeyed} events unkeyed (hashed before the chain key)")
+    return report, chains, xmin
 
 
-def _against(checkpoint: Checkpoint, result: Replay, xmin: int) -> list[str]:
+Projections = tuple[list[str], int, int]  # differences, wallets, receipt offers
+
+
+async def _fast_projections(conn: asyncpg.Connection) -> Projections | None:
+    """The projections checked with most of the log folded in SQL (db/verify_sql.py) and the
+    rest (receipt offers, holds, transactions linked by a click or contested) by the domain
+    fold; None when anything differs, to be named by `_replayed_projections`."""
+    checked = await _fold_and_compare(conn, contested=False)
+    if checked is None:
+        # Contested transactions (from a log written before they were refused): fold them in
+        # Python too, and compare again.
+        checked = await _fold_and_compare(conn, contested=True)
+    return checked or None
+
+
+async def _fold_and_compare(
+    conn: asyncpg.Connection, contested: bool
+) -> Projections | tuple[()] | None:
+    """One pass of `_fast_projections`: None when `FOLD` saw contested transactions it was not
+    told about, () when something differs."""
+    replayed = fold(await verify_sql.replayed_events(conn, contested))
+    links = replayed.settlements.keys()
+    stored_offers = await read.snapshot_offers(conn)
+    found = [
+        *compare_offers(replayed.offers, stored_offers),
+        *compare_settlements(
+            replayed.settlements, await verify_sql.stored_settlements(conn, links)
+        ),
+        *compare_holds(replayed.holds, await read.snapshot_holds(conn)),
+    ]
+    moved = [
+        (user, w.total_credited, w.total_reversed, w.total_debited)
+        for user, w in replayed.wallets.items()
+    ]
+    row = await verify_sql.fold(conn, links, moved)
+    if row["contested"]:
+        return () if contested else None
+    if found or row["wallet_differences"] or row["settlement_differences"]:
+        return ()
+    return [], row["wallets"], len(replayed.offers.keys() | stored_offers.keys())
+
+
+async def _replayed_projections(conn: asyncpg.Connection, key: ChainKey) -> Projections:
+    """Every projection against the domain fold of the whole log, one line per difference."""
+    stored = await read.snapshot_wallets(conn)
+    stored_offers = await read.snapshot_offers(conn)
+    stored_settlements = await read.snapshot_settlements(conn)
+    stored_holds = await read.snapshot_holds(conn)
+    result = await replay(conn, "verify", key)
+    differences = [
+        *compare(result.wallets, stored),
+        *compare_offers(result.offers, stored_offers),
+        *compare_settlements(result.settlements, stored_settlements),
+        *compare_holds(result.holds, stored_holds),
+    ]
+    return (
+        differences,
+        len(result.wallets.keys() | stored.keys()),
+        len(result.offers.keys() | stored_offers.keys()),
+    )
+
+
+def _against(checkpoint: Checkpoint, result: Chains, xmin: int) -> list[str]:
     """The difference between a checkpoint and the chain heads at its boundary now, if any."""
     name = f"checkpoint of {checkpoint.taken_at}"
     if xmin < checkpoint.boundary:

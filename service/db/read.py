@@ -14,12 +14,13 @@ from ..domain import holds
 from ..domain.events import Event, EventType
 from . import Unavailable, struct, translated
 
-_EVENT_COLUMNS = (
+EVENT_COLUMNS = (
     "position, provider, key, type, user_id, amount, provider_ref, test, data, recorded_at, hash"
 )
 
 
-def _event(row: asyncpg.Record) -> Event:
+def to_event(row: asyncpg.Record) -> Event:
+    """An event as a row of `EVENT_COLUMNS` holds it."""
     return Event(
         position=row["position"],
         provider=row["provider"],
@@ -92,13 +93,13 @@ async def wallet_events(pool: asyncpg.Pool, user_id: str, after: int, limit: int
     # lock, so an event of this user that commits later always has a higher position.
     with translated():
         rows = await pool.fetch(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE user_id = $1 AND position > $2"
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = $1 AND position > $2"
             " ORDER BY position LIMIT $3",
             user_id,
             after,
             limit,
         )
-    return [_event(r) for r in rows]
+    return [to_event(r) for r in rows]
 
 
 # The global feed. Positions come from a sequence taken *before* commit, so "position > last
@@ -108,7 +109,7 @@ async def wallet_events(pool: asyncpg.Pool, user_id: str, after: int, limit: int
 # no row can ever appear behind a cursor already handed out. The cost is that one long-running
 # writer holds the feed back until it ends; the write path's transactions are short.
 _FEED = f"""
-SELECT {_EVENT_COLUMNS}, txid FROM events
+SELECT {EVENT_COLUMNS}, txid FROM events
 WHERE (txid, position) > ($1::xid8, $2::bigint)
   AND txid < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY txid, position
@@ -136,7 +137,7 @@ async def feed(pool: asyncpg.Pool, after: tuple[int, int], limit: int) -> list[t
     """Up to `limit` events after the (txid, position) cursor, each with its txid."""
     with translated():
         rows = await pool.fetch(_FEED, after[0], after[1], limit)
-    return [(_event(r), int(r["txid"])) for r in rows]
+    return [(to_event(r), int(r["txid"])) for r in rows]
 
 
 _POSTBACK_COLUMNS = (
@@ -251,13 +252,13 @@ async def history(pool: asyncpg.Pool, user_id: str, before: int | None, limit: i
     """A user's events newest first, those before position `before` when it is given."""
     with translated():
         rows = await pool.fetch(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE user_id = $1"
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = $1"
             " AND position < $2 ORDER BY position DESC LIMIT $3",
             user_id,
             2**63 - 1 if before is None else before,
             limit,
         )
-    return [_event(r) for r in rows]
+    return [to_event(r) for r in rows]
 
 
 async def log_size(conn: asyncpg.Connection) -> int:
@@ -285,13 +286,13 @@ async def snapshot_events(
 ) -> AsyncIterator[tuple[Event, Chained]]:
     """Every event in position order; call inside a transaction that sees a stable log."""
     query = (
-        f"SELECT {_EVENT_COLUMNS}, prev_hash, chain, amount::text AS amount_text,"
+        f"SELECT {EVENT_COLUMNS}, prev_hash, chain, amount::text AS amount_text,"
         " data::text AS data_text, txid FROM events ORDER BY position"
     )
     async for row in conn.cursor(query, prefetch=chunk):
         prev, stored = row["prev_hash"], row["hash"]
         yield (
-            _event(row),
+            to_event(row),
             Chained(
                 prev_hash=None if prev is None else bytes(prev),
                 hash=None if stored is None else bytes(stored),
@@ -340,7 +341,7 @@ async def receipt_offer(
                 upload_offer_id,
             )
             rows = await conn.fetch(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE provider = $1"
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE provider = $1"
                 " AND data->>'upload_offer_id' = $2 AND type = 'receipt_status_changed'"
                 " AND position > $3 ORDER BY position LIMIT $4",
                 provider,
@@ -348,7 +349,7 @@ async def receipt_offer(
                 after,
                 limit,
             )
-    return row, [_event(r) for r in rows]
+    return row, [to_event(r) for r in rows]
 
 
 async def snapshot_offers(conn: asyncpg.Connection) -> dict[tuple[str, str], Any]:

@@ -32,6 +32,14 @@ def test_the_pads_give_the_hmac_as_the_database_computes_it(key: str) -> None:
     assert len(pads) == 256
 
 
+@pytest.mark.parametrize("key", [KEY, "", "k" * 64, "long-" * 40, "\u00e9" * 40])
+@pytest.mark.parametrize("message", [b"", b"m", b"x" * 63, b"y" * 64, b"z" * 1000])
+def test_the_mac_function_is_the_mac(key: str, message: bytes) -> None:
+    mac = ChainKey(key).mac_function()
+    assert mac(message) == ChainKey(key).mac(message)
+    assert mac(message) == mac(message)  # its states are copied, never consumed
+
+
 def test_the_key_never_shows_in_its_repr() -> None:
     key = ChainKey(KEY)
     assert KEY not in repr(key) and KEY not in str(key)
