@@ -14,6 +14,7 @@ A protocol module (see `registry.py`) has one shape:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -230,7 +231,11 @@ def from_trusted_proxy(peer: str | None, trusted: tuple[Network, ...]) -> bool:
     return address is not None and _in(address, trusted)
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip(text: str | None) -> IPAddress | None:
+    """An address as text, parsed (None when it is not one). Cached: the same few peers (a
+    proxy, the walls' servers) send request after request; the cache is bounded, so addresses
+    a flood makes up cannot grow it."""
     if not text:
         return None
     try:
