@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TextIO
 
 from . import logs
@@ -18,6 +19,8 @@ from .settings import ConfigError, Provider, Settings, load
 from .text import one_line
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from .verify import Report
 
 EXIT_CONFIG = 2
@@ -162,9 +165,13 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
     checkpoint = _checkpoint_file(args.checkpoint, key) if args.checkpoint else None
     # Read-only: no migration (which would also switch a disabled trigger back on and hide it).
     async with database(settings, migrate=False) as dsns:
-        conn = await connection.connect(dsns.runtime, server_settings=connection.READ_ONLY)
+
+        def connect() -> Awaitable[asyncpg.Connection]:
+            return connection.connect(dsns.runtime, server_settings=connection.READ_ONLY)
+
+        conn = await connect()
         try:
-            report = await verify(conn, key, checkpoint=checkpoint)
+            report = await verify(conn, key, checkpoint=checkpoint, connect=connect)
         finally:
             await conn.close()
     return _print_report(report)
@@ -177,9 +184,13 @@ async def _checkpoint(settings: Settings, args: argparse.Namespace) -> int:
 
     key = ChainKey(settings.chain_key())
     async with database(settings, migrate=False) as dsns:
-        conn = await connection.connect(dsns.runtime, server_settings=connection.READ_ONLY)
+
+        def connect() -> Awaitable[asyncpg.Connection]:
+            return connection.connect(dsns.runtime, server_settings=connection.READ_ONLY)
+
+        conn = await connect()
         try:
-            report, checkpoint = await take_checkpoint(conn, key)
+            report, checkpoint = await take_checkpoint(conn, key, connect=connect)
         finally:
             await conn.close()
     if not report.ok:
@@ -208,7 +219,9 @@ async def _rebuild(settings: Settings, args: argparse.Namespace) -> int:
         try:
             events, wallets, offers = await rebuild(conn, key)
             print(f"rebuild: {wallets} wallets and {offers} receipt offers from {events} events")
-            report = await verify(conn, key, runtime_role=role)
+            report = await verify(
+                conn, key, runtime_role=role, connect=lambda: connection.connect(dsns.owner)
+            )
         finally:
             await conn.close()
     return _print_report(report)

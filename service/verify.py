@@ -5,8 +5,11 @@ it was rewritten. Read-only throughout."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
-from collections.abc import Mapping
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -22,6 +25,12 @@ from .domain.checkpoint import FORMAT, Checkpoint, heads_digest
 from .replay import fold, replay
 
 _FIELDS = wallet.Wallet.__struct_fields__
+
+log = logging.getLogger(__name__)
+
+# Opens one more connection to the same database: the projections are then checked on it, in the
+# first connection's snapshot, while the first streams the log for its hash chains.
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 
 @dataclass
@@ -129,11 +138,14 @@ async def verify(
     key: ChainKey,
     runtime_role: str | None = None,
     checkpoint: Checkpoint | None = None,
+    connect: Connect | None = None,
 ) -> Report:
     """Check everything (see the module); `runtime_role` defaults to the connection's own role.
-    With `checkpoint` (already checked against the key), also compare its chain heads."""
+    With `checkpoint` (already checked against the key), also compare its chain heads. With
+    `connect`, the projections are checked at the same time as the chains, on a second
+    connection that shares the first one's snapshot (one after the other when it cannot)."""
     boundary = None if checkpoint is None else checkpoint.boundary
-    report, result, xmin = await _examine(conn, key, runtime_role, boundary)
+    report, result, xmin = await _examine(conn, key, runtime_role, boundary, connect)
     if checkpoint is not None:
         report.differences += _against(checkpoint, result, xmin)
         if report.ok:
@@ -144,12 +156,15 @@ async def verify(
 
 
 async def take_checkpoint(
-    conn: asyncpg.Connection, key: ChainKey, runtime_role: str | None = None
+    conn: asyncpg.Connection,
+    key: ChainKey,
+    runtime_role: str | None = None,
+    connect: Connect | None = None,
 ) -> tuple[Report, Checkpoint | None]:
     """Verify, and sign the chain heads of every event of a transaction below this snapshot's
     xmin; no checkpoint when a chain is broken (it would vouch for a log that is not intact).
     Other differences (projections, protections) do not touch history: the report has them."""
-    report, result, xmin = await _examine(conn, key, runtime_role, None)
+    report, result, xmin = await _examine(conn, key, runtime_role, None, connect)
     if result.chain_breaks:
         return report, None
     checkpoint = Checkpoint(
@@ -164,12 +179,37 @@ async def take_checkpoint(
 
 
 async def _examine(
-    conn: asyncpg.Connection, key: ChainKey, runtime_role: str | None, boundary: int | None
+    conn: asyncpg.Connection,
+    key: ChainKey,
+    runtime_role: str | None,
+    boundary: int | None,
+    connect: Connect | None,
+) -> tuple[Report, Chains, int]:
+    if connect is not None:
+        try:
+            return await _examine_once(conn, key, runtime_role, boundary, connect)
+        except _NoSnapshot as exc:
+            # Its transaction is rolled back (the refusal aborted it): again, on one connection.
+            log.debug("verify: one connection (no snapshot to share: %s)", exc.__cause__)
+    return await _examine_once(conn, key, runtime_role, boundary, None)
+
+
+class _NoSnapshot(Exception):
+    """The server would not export the snapshot of `verify`'s transaction."""
+
+
+async def _examine_once(
+    conn: asyncpg.Connection,
+    key: ChainKey,
+    runtime_role: str | None,
+    boundary: int | None,
+    connect: Connect | None,
 ) -> tuple[Report, Chains, int]:
     with translated():
         # One snapshot for the log and the projections: writes that commit meanwhile are in
         # none of them, so a busy service cannot make them look different.
         async with conn.transaction(isolation="repeatable_read", readonly=True):
+            snapshot = None if connect is None else await _export_snapshot(conn)
             await read.require_schema(conn)
             xmin = await read.snapshot_boundary(conn)
             role = runtime_role or await roles.current_role(conn)
@@ -177,8 +217,15 @@ async def _examine(
                 *await roles.trigger_problems(conn),
                 *await roles.runtime_problems(conn, role),
             ]
-            chains = await check_chains(conn, key, xmin if boundary is None else boundary)
-            projections = await _fast_projections(conn)
+            below = xmin if boundary is None else boundary
+            second = None
+            if connect is not None and snapshot is not None:
+                second = await _sharing_snapshot(snapshot, connect)
+            if second is None:
+                chains = await check_chains(conn, key, below)
+                projections = await _fast_projections(conn)
+            else:
+                chains, projections = await _overlapped(conn, second, key, below)
             if projections is None:
                 # Something differs: the domain fold of the whole log names every difference.
                 projections = await _replayed_projections(conn, key)
@@ -195,6 +242,63 @@ async def _examine(
 
 
 Projections = tuple[list[str], int, int]  # differences, wallets, receipt offers
+
+_SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f-]+")
+
+
+async def _export_snapshot(conn: asyncpg.Connection) -> str | None:
+    """The id of the snapshot of `conn`'s transaction (the first statement of a repeatable read
+    one), for a second connection; _NoSnapshot when the server refuses (a replica may), which
+    aborts the transaction; None for an id that does not look like one."""
+    try:
+        snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+    except asyncpg.PostgresError as exc:
+        raise _NoSnapshot() from exc
+    if isinstance(snapshot, str) and _SNAPSHOT_ID.fullmatch(snapshot):
+        return snapshot
+    log.debug("verify: one connection (unexpected snapshot id %r)", snapshot)
+    return None
+
+
+async def _sharing_snapshot(snapshot: str, connect: Connect) -> asyncpg.Connection | None:
+    """A second connection in a read-only transaction with the exported `snapshot`; None when
+    it cannot be had (a pooler in transaction mode, a refused connection)."""
+    second: asyncpg.Connection | None = None
+    try:
+        second = await connect()
+        await second.transaction(isolation="repeatable_read", readonly=True).start()
+        await second.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+    except Exception as exc:
+        log.debug("verify: one connection (the snapshot could not be shared: %s)", exc)
+        if second is not None:
+            await _close(second)
+        return None
+    return second
+
+
+async def _close(conn: asyncpg.Connection) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), timeout=5)
+    except Exception:
+        conn.terminate()
+
+
+async def _overlapped(
+    conn: asyncpg.Connection, second: asyncpg.Connection, key: ChainKey, below: int
+) -> tuple[Chains, Projections | None]:
+    """The chains on `conn` and the fast projections on `second` at the same time; `second`
+    closed in every case."""
+    folding = asyncio.create_task(_fast_projections(second))
+    try:
+        chains = await check_chains(conn, key, below)
+        projections = await folding
+    except BaseException:
+        second.terminate()  # ends the statement it may be running, at once
+        folding.cancel()
+        await asyncio.gather(folding, return_exceptions=True)
+        raise
+    await _close(second)
+    return chains, projections
 
 
 async def _fast_projections(conn: asyncpg.Connection) -> Projections | None:

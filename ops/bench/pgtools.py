@@ -294,7 +294,9 @@ async def time_verify(dsn: str) -> tuple[float, int, bool, str]:
     conn = await connect(dsn, wait=10)
     try:
         started = time.perf_counter()
-        report = await verify(conn, ChainKey(CHAIN_KEY), RUNTIME_ROLE)
+        report = await verify(
+            conn, ChainKey(CHAIN_KEY), RUNTIME_ROLE, connect=lambda: connect(dsn, wait=10)
+        )
         seconds = time.perf_counter() - started
     finally:
         await conn.close()
