@@ -1,18 +1,20 @@
 """The postback ledger's benchmark: one run prints, side by side, the service's ingest
 rate against pgbench running the write path's SQL (16 clients), latency at 50 % and 80 % of
-the service's peak rate, wallet reads against a bare aiohttp + asyncpg program running the same
-SELECT as the same number of processes, debits against pgbench running a debit's SQL, verify's speed on
-1,000,000 events, ingest with a 10,000,000-event log against an empty one, and the largest RSS
-of each worker under load. `--runs N` (default 3) repeats the table; targets are judged on the
-medians. Once per benchmark, a soak (`--soak SECONDS`, default 600) holds the service at 50 %
-of run 1's peak ingest and reports how each worker's RSS grows. The service runs with
-`--workers 2`. Every scenario but the preloaded logs gets a database of its own.
+the service's peak rate, wallet reads against a bare aiohttp + asyncpg program running the
+same SELECT as the same number of processes, debits against pgbench running a debit's SQL,
+verify's speed on 1,000,000 events, ingest with a 10,000,000-event log against an empty one,
+and the largest RSS of each worker under load. `--runs N` (default 3) repeats the table;
+targets are judged on the medians. Once per benchmark, a soak (`--soak SECONDS`, default 600)
+holds the service at 50 % of run 1's peak ingest and reports how each worker's RSS grows. The
+service runs with `--workers 2`. Every scenario but the preloaded logs gets a database of its
+own.
 
 `--profile` attaches py-spy (not a dependency: `.venv/bin/pip install py-spy`) to each worker
 during the ingest, debit and read measurements and prints the top functions by self and by
 total time. A full default run takes about 40 to 45 minutes on a quiet 2-core machine: some
 10 to load the logs (1 M events through the chain trigger, 10 M without), about 4 to 5 per
-run (measurements, service starts, and verify's 1 M events), and the 10-minute soak. Each run's notes give each step's wall time.
+run (measurements, service starts, and verify's 1 M events), and the 10-minute soak. Each
+run's notes give each step's wall time.
 
     make bench                                  # the whole table, as the targets are set
     make bench BENCH_ARGS="--small --soak 0"    # no large log, no soak
