@@ -1,7 +1,8 @@
 """`make bench` in miniature: ops/bench/bench.py --quick runs every scenario end to end against
 the test suite's PostgreSQL (two workers, the large log, a soak of a few seconds) and prints the
 whole table. Its figures are not judged here (speed targets belong to the benchmark itself, on a
-quiet machine), only that each one was measured and each target printed with its mark."""
+quiet machine), only that each one was measured and each target printed with its mark. The
+round-trip figures (ops/bench/round_trips.py) are run once the same way."""
 
 from __future__ import annotations
 
@@ -91,3 +92,21 @@ def test_quick_bench_prints_every_row(admin_dsn: str) -> None:
     # Every debit was answered 201: the funding covered them all, none was refused.
     debits = next(ln for ln in out.splitlines() if ln.strip().startswith("debits (service):"))
     assert "answered 2xx" in debits and "ERRORS" not in debits, debits
+
+
+@pytest.mark.slow
+def test_round_trips_prints_a_round_trip_and_every_batch_size(admin_dsn: str) -> None:
+    removed = ("DATABASE_URL", "LEDGER_CONFIG", "BENCH_DATABASE_URL")
+    env = {k: v for k, v in os.environ.items() if k not in removed}
+    proc = subprocess.run(
+        [sys.executable, "ops/bench/round_trips.py", "--rounds", "1", "--database-url", admin_dsn],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=LIMIT,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "µs wall per round trip" in proc.stdout, proc.stdout
+    sizes = [ln.split()[0] for ln in proc.stdout.splitlines() if ln[:7].strip().isdigit()]
+    assert sizes == ["1", "2", "4", "8", "16", "32", "64"], proc.stdout
