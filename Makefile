@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # The benchmark (ops/bench): 3 runs, 2 workers, the 10 M-event log, a 10-minute soak (about
-# 40-45 min); make bench BENCH_ARGS="--small --soak 0 --profile"; --help lists the flags
+# half an hour); make bench BENCH_ARGS="--small --soak 0 --profile"; --help lists the flags
 bench: $(STAMP)
 	$(BIN)/python ops/bench/bench.py $(BENCH_ARGS)
 

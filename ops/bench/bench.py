@@ -11,10 +11,10 @@ own.
 
 `--profile` attaches py-spy (not a dependency: `.venv/bin/pip install py-spy`) to each worker
 during the ingest, debit and read measurements and prints the top functions by self and by
-total time. A full default run takes about 40 to 45 minutes on a quiet 2-core machine: some
-10 to load the logs (1 M events through the chain trigger, 10 M without), about 4 to 5 per
-run (measurements, service starts, and verify's 1 M events), and the 10-minute soak. Each
-run's notes give each step's wall time.
+total time. A full default run takes about half an hour on a 2-core machine: some 8 minutes
+to load the logs (1 M events through the chain trigger, 10 M without), under 3 per run
+(measurements, service starts, and verify's 1 M events), and the 10-minute soak. Each run's
+notes give each step's wall time.
 
     make bench                                  # the whole table, as the targets are set
     make bench BENCH_ARGS="--small --soak 0"    # no large log, no soak
