@@ -154,3 +154,23 @@ def medioot_wall() -> Any:
     return profile.ProfileWall.of(
         profile.compile_profile(profile.decode(raw, "medioot"), "medioot")
     )
+
+
+def event_message(row: Any, prev: bytes | None) -> bytes:
+    """`chain.message` of an event row (its columns, with `amount_text` and `data_text` as the
+    database prints them), after `prev`."""
+    from service.domain import chain
+
+    return chain.message(
+        prev,
+        position=row["position"],
+        provider=row["provider"],
+        key=row["key"],
+        type=row["type"],
+        user_id=row["user_id"],
+        amount_text=row["amount_text"],
+        provider_ref=row["provider_ref"],
+        test=row["test"],
+        data_text=row["data_text"],
+        recorded_at=row["recorded_at"],
+    )

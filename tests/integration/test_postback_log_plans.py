@@ -63,11 +63,11 @@ def literal(value: object) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-async def explain(pool: asyncpg.Pool, where: read.LogFilter, generic: bool) -> dict[str, Any]:
-    """The plan of the statement for its values, or the generic plan a prepared statement may
+async def explain_prepared(
+    pool: asyncpg.Pool, query: str, values: str, generic: bool
+) -> dict[str, Any]:
+    """The plan of `query` for `values` (SQL text), or the generic plan a prepared statement may
     settle on after a few runs (it cannot see the values)."""
-    query, args = read.postbacks_query(where, 100)
-    values = ", ".join(literal(value) for value in args)
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(f"PREPARE page AS {query}")
         mode = "force_generic_plan" if generic else "force_custom_plan"
@@ -76,6 +76,12 @@ async def explain(pool: asyncpg.Pool, where: read.LogFilter, generic: bool) -> d
         await conn.execute("DEALLOCATE page")
     plan: dict[str, Any] = json.loads(text)[0]["Plan"]
     return plan
+
+
+async def explain(pool: asyncpg.Pool, where: read.LogFilter, generic: bool) -> dict[str, Any]:
+    """The plan of the log's page statement for `where`'s values, custom or generic."""
+    query, args = read.postbacks_query(where, 100)
+    return await explain_prepared(pool, query, ", ".join(literal(v) for v in args), generic)
 
 
 def shown(plan: dict[str, Any]) -> str:

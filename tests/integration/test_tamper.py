@@ -20,7 +20,6 @@ from aiohttp.test_utils import TestClient
 from service import keys
 from service.app import create_app
 from service.db.connection import connect, create_pool
-from service.domain import chain
 from service.domain.chain import ChainKey
 from service.embedded import RUNTIME_ROLE
 from tests import helpers
@@ -211,19 +210,8 @@ async def test_new_events_are_keyed_with_the_configured_key(
     assert bytes(row["hash"]) == helpers.chain_key().mac(bytes(row["message"]))
     assert bytes(row["hash"]) != ChainKey(OTHER_KEY).mac(bytes(row["message"]))
     # verify rebuilds the same bytes on its own, without the database's function.
-    assert bytes(row["message"]) == chain.message(
-        None if row["prev_hash"] is None else bytes(row["prev_hash"]),
-        position=row["position"],
-        provider=row["provider"],
-        key=row["key"],
-        type=row["type"],
-        user_id=row["user_id"],
-        amount_text=row["amount_text"],
-        provider_ref=row["provider_ref"],
-        test=row["test"],
-        data_text=row["data_text"],
-        recorded_at=row["recorded_at"],
-    )
+    prev = None if row["prev_hash"] is None else bytes(row["prev_hash"])
+    assert bytes(row["message"]) == helpers.event_message(row, prev)
 
 
 # --- the owner ----------------------------------------------------------------------------------

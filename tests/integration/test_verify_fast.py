@@ -70,19 +70,7 @@ async def test_the_hashed_bytes_are_the_databases_for_odd_values(
     fields = (row["position"], row["provider"], row["key"], row["type"], row["user_id"])
     rest = (row["amount_text"], row["provider_ref"], row["test"], row["data_text"])
     when = chain.instant(row["recorded_at"])
-    assert chain.body(*fields, *rest, when) == chain.message(
-        None,
-        position=row["position"],
-        provider=row["provider"],
-        key=row["key"],
-        type=row["type"],
-        user_id=row["user_id"],
-        amount_text=row["amount_text"],
-        provider_ref=row["provider_ref"],
-        test=row["test"],
-        data_text=row["data_text"],
-        recorded_at=row["recorded_at"],
-    )
+    assert chain.body(*fields, *rest, when) == helpers.event_message(row, None)
     # The database hashed its own bytes (event_message): the chain check agrees with them.
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
         checked = await check_chains(conn, KEY, None)

@@ -5,14 +5,11 @@ that reads one whole would make every batch slower as the ledger ages."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from typing import Any
-
 import asyncpg
 import pytest
 
 from service.db import write_sql
+from tests.integration.test_postback_log_plans import explain_prepared, nodes
 
 ROWS = 50_000
 
@@ -42,23 +39,6 @@ async def filled(pool: asyncpg.Pool) -> asyncpg.Pool:
     return pool
 
 
-def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", ()):
-        yield from nodes(child)
-
-
-async def explain(pool: asyncpg.Pool, query: str, values: str, generic: bool) -> dict[str, Any]:
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(f"PREPARE step AS {query}")
-        mode = "force_generic_plan" if generic else "force_custom_plan"
-        await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
-        text = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE step({values})")
-        await conn.execute("DEALLOCATE step")
-    plan: dict[str, Any] = json.loads(text)[0]["Plan"]
-    return plan
-
-
 CASES = {
     # A batch of two credits, one naming a click.
     "settlements": (
@@ -86,7 +66,7 @@ async def test_a_write_path_read_uses_an_index(
     filled: asyncpg.Pool, case: str, generic: bool
 ) -> None:
     query, values, table = CASES[case]
-    plan = await explain(filled, query, values, generic)
+    plan = await explain_prepared(filled, query, values, generic)
     scans = [n for n in nodes(plan) if n.get("Relation Name") == table]
     assert scans, plan
     for scan in scans:
