@@ -54,7 +54,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -216,6 +216,20 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def run_scenario(name: str, scenario: Coroutine[Any, Any, int]) -> int:
+    """A scenario's exit code: its coroutine run to the end, SIGTERM unwinding like Ctrl-C (130);
+    a scenario that cannot run here (ChaosError) exits 2."""
+    stop_on_sigterm()
+    try:
+        return asyncio.run(scenario)
+    except ChaosError as exc:
+        print(f"{name}: cannot run the scenario: {exc}", flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", flush=True)
+        return 130
 
 
 @contextlib.contextmanager

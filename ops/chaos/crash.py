@@ -358,15 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         users=args.users,
         seed=args.seed,
     )
-    common.stop_on_sigterm()
-    try:
-        return asyncio.run(_main(args, opts))
-    except ChaosError as exc:
-        print(f"{NAME}: cannot run the scenario: {exc}", flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{NAME}: interrupted", flush=True)
-        return 130
+    return common.run_scenario(NAME, _main(args, opts))
 
 
 async def _main(args: argparse.Namespace, opts: Options) -> int:

@@ -505,15 +505,11 @@ def main(argv: list[str] | None = None) -> int:
         keep=args.keep,
         workdir=args.workdir,
     )
-    common.stop_on_sigterm()
-    try:
-        report = asyncio.run(run(opts, common.Say(NAME)))
-    except ChaosError as exc:
-        print(f"{NAME}: cannot run the scenario: {exc}", flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{NAME}: interrupted", flush=True)
-        return 130
+    return common.run_scenario(NAME, _main(opts))
+
+
+async def _main(opts: Options) -> int:
+    report = await run(opts, common.Say(NAME))
     print(report.render(), flush=True)
     return 0 if report.ok else 1
 

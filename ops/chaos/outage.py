@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # run as a script: make `ops.chaos` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ops.chaos import common
-from ops.chaos.common import ChaosError, Probe, Report, Sent
+from ops.chaos.common import Probe, Report, Sent
 
 NAME = "outage"
 
@@ -293,15 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         return common.SKIPPED
-    common.stop_on_sigterm()
-    try:
-        return asyncio.run(_main(args, opts))
-    except ChaosError as exc:
-        print(f"{NAME}: cannot run the scenario: {exc}", flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{NAME}: interrupted", flush=True)
-        return 130
+    return common.run_scenario(NAME, _main(args, opts))
 
 
 async def _main(args: argparse.Namespace, opts: Options) -> int:
