@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from ops.chaos.dbproxy import DatabaseProxy
 from service.app import create_app
@@ -112,6 +114,24 @@ async def test_a_removed_event_breaks_the_chain_of_the_next(
         assert (await helpers.verify_log(conn)).ok
 
 
+@contextlib.asynccontextmanager
+async def adgate_client(database_url: str) -> AsyncIterator[Client]:
+    """A service with Medioot and AdGate's receipt offers (URL token rebuild-token-0000)."""
+    settings = helpers.settings(
+        database_url,
+        providers=[
+            {"name": "medioot", "protocol": "medioot", "secret": helpers.MEDIOOT_SECRET},
+            {"name": "adgate", "protocol": "adgate_receipts", "url_token": "rebuild-token-0000"},
+        ],
+    )
+    adgate: Client = TestClient(TestServer(create_app(settings)))
+    await adgate.start_server()
+    try:
+        yield adgate
+    finally:
+        await adgate.close()
+
+
 async def snapshot(pool: asyncpg.Pool) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
     wallets = await pool.fetch(
         "SELECT user_id, balance, total_credited, total_reversed, event_count, last_position"
@@ -131,18 +151,7 @@ async def test_rebuild_restores_identical_projections(
     user = unique()
     await credit(client, user, "10.50")
     await credit(client, user, "0.25", status="2")
-    from service.app import create_app
-
-    settings = helpers.settings(
-        database_url,
-        providers=[
-            {"name": "medioot", "protocol": "medioot", "secret": helpers.MEDIOOT_SECRET},
-            {"name": "adgate", "protocol": "adgate_receipts", "url_token": "rebuild-token-0000"},
-        ],
-    )
-    adgate = TestClient(__import__("aiohttp").test_utils.TestServer(create_app(settings)))
-    await adgate.start_server()
-    try:
+    async with adgate_client(database_url) as adgate:
         offer = unique("uo")
         for status, points in (("MANUAL_REVIEW", "5"), ("APPROVED", "5"), ("REJECTED", "5")):
             resp = await adgate.get(
@@ -156,8 +165,6 @@ async def test_rebuild_restores_identical_projections(
                 },
             )
             assert resp.status == 200
-    finally:
-        await adgate.close()
 
     before = await snapshot(pool)
     await pool.execute("DELETE FROM wallets; DELETE FROM receipt_offers")
@@ -322,16 +329,7 @@ async def test_rebuild_keeps_the_updated_at_the_write_path_gave_each_row(
         headers={**helpers.SPEND_AUTH, "Idempotency-Key": unique("idem")},
     )
     assert hold.status == 201, await hold.text()
-    settings = helpers.settings(
-        database_url,
-        providers=[
-            {"name": "medioot", "protocol": "medioot", "secret": helpers.MEDIOOT_SECRET},
-            {"name": "adgate", "protocol": "adgate_receipts", "url_token": "rebuild-token-0000"},
-        ],
-    )
-    adgate = TestClient(__import__("aiohttp").test_utils.TestServer(create_app(settings)))
-    await adgate.start_server()
-    try:
+    async with adgate_client(database_url) as adgate:
         offer = unique("uo")
         for status in ("MANUAL_REVIEW", "APPROVED"):
             await asyncio.sleep(0.01)
@@ -346,8 +344,6 @@ async def test_rebuild_keeps_the_updated_at_the_write_path_gave_each_row(
                 },
             )
             assert resp.status == 200
-    finally:
-        await adgate.close()
 
     before = await updated_at(pool)
     assert all(before.values()), before  # every projection has rows to compare
