@@ -400,10 +400,18 @@ async def slow_client(host: str, port: int, slow: Slow, interval: float, limit: 
         head_sent = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
     async def watch() -> None:
-        """Read whatever the server says until it closes the connection."""
+        """Read whatever the server says until it closes the connection.
+
+        A reset is a close too: a server that closes a socket with unread bytes in it (a
+        trickled byte that arrived after its last read) makes the kernel send RST, not FIN.
+        """
         buffer = b""
         while True:
-            chunk = await reader.read(4096)
+            try:
+                chunk = await reader.read(4096)
+            except ConnectionError as exc:
+                slow.error = type(exc).__name__
+                break
             if not chunk:
                 break
             buffer += chunk
