@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -1018,8 +1018,8 @@ def expected_wallets(
     points each), `pending` moves nothing, and its first `rejected` takes back the whole credit
     from the credit's user, whenever the credit arrives; a conversion's event naming another
     user than its credit or its rejection breaks the rules outright."""
-    credited: Counter[str] = Counter()
-    reversed_: Counter[str] = Counter()
+    credited: defaultdict[str, Decimal] = defaultdict(Decimal)
+    reversed_: defaultdict[str, Decimal] = defaultdict(Decimal)
     count: Counter[str] = Counter()
     credits: dict[tuple[str, str], Any] = {}
     reversals: dict[tuple[str, str], Any] = {}

@@ -1142,12 +1142,12 @@ class Grammar:
             reqs = [self.medioot_valid(src, u, t, r, st, uuid=c) for u, t, r, st, c in genuine]
             return Model().settle(reqs[:sent] + _merged(src, reqs[sent:], copies))
         test = src.chance(10)
-        genuine = [self.inbrain_valid(src, user, ref, reward, reversal=False, test=test)]
+        callbacks = [self.inbrain_valid(src, user, ref, reward, reversal=False, test=test)]
         how = pick(src, ["alone", "after", "after", "first"])
         if how != "alone":
             reversal = self.inbrain_valid(src, user, ref, reward, reversal=True, test=test)
-            genuine.insert(len(genuine) if how == "after" else 0, reversal)
-        sent = 1 if src.chance(60) else between(src, 1, len(genuine))
+            callbacks.insert(len(callbacks) if how == "after" else 0, reversal)
+        sent = 1 if src.chance(60) else between(src, 1, len(callbacks))
         copies = []
         for _ in range(between(src, 1, 3)):
             change = pick(src, ["both", "reward", "type", "zero", "cent", "test"])
@@ -1161,7 +1161,7 @@ class Grammar:
             is_test = True if change == "test" else (test if src.chance(80) else None)
             copies.append(self.inbrain_valid(src, user, ref, raised, reversal=flip, test=is_test))
             copies[-1].family = "replay-inbrain"
-        return Model().settle(genuine[:sent] + _merged(src, genuine[sent:], copies))
+        return Model().settle(callbacks[:sent] + _merged(src, callbacks[sent:], copies))
 
     def deep(self, src: Source) -> list[Req]:
         """An inBrain callback (never correctly signed) holding JSON nested 100 to 100,000
@@ -2396,10 +2396,10 @@ def secret_lines(
             for name, s in secrets.items():
                 masked = re.sub(re.escape(s), f"<{name}>", masked, flags=re.IGNORECASE)
             places = [masked.find(f"<{name}>") for _, name in hits]
-            for m in re.finditer(r"[0-9a-f]{32,}", masked.lower()):
-                run = m.group(0)
-                if any(run[i : i + 32] in signatures for i in range(len(run) - 31)):
-                    places.append(m.start())
+            for shown_run in re.finditer(r"[0-9a-f]{32,}", masked.lower()):
+                text = shown_run.group(0)
+                if any(text[i : i + 32] in signatures for i in range(len(text) - 31)):
+                    places.append(shown_run.start())
             at = min((p for p in places if p >= 0), default=0)
             shown = " ".join(masked[max(0, at - 160) : at + 160].replace("\\n", " ").split())
             found.append(f"[{', '.join(sorted({h for _, h in hits}))}] ...{shown}...")
