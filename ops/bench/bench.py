@@ -83,6 +83,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--pool-size", type=int, help="database.pool_max_size (default: the service's)")
     p.add_argument(
+        "--max-inflight",
+        type=int,
+        help="writer.max_inflight: batches each worker writes at once (default: the service's)",
+    )
+    p.add_argument(
         "--client",
         choices=("raw", "aiohttp"),
         default="raw",
@@ -146,7 +151,8 @@ def machine(args: argparse.Namespace, pg: dict[str, str], workers: str) -> list[
         f"{pg['synchronous_commit']}, shared_buffers={pg['shared_buffers']})",
         f"python {platform.python_version()}, aiohttp {aiohttp.__version__}, event loop"
         f" {loop_name()}; service workers: {workers}; clients: {args.clients};"
-        f" load generator: {args.client}",
+        f" load generator: {args.client}; database.pool_max_size:"
+        f" {args.pool_size or 'default'}; writer.max_inflight: {args.max_inflight or 'default'}",
         f"each measurement: {args.duration:g} s after {args.warmup:g} s of warm-up;"
         f" users: {args.users:,}; runs: {args.runs}; open loop (50 %/80 %) over"
         f" {args.clients * OPEN_LOOP_CONNECTIONS} connections; soak:"

@@ -50,8 +50,11 @@ def serve_has_workers() -> bool:
     return "--workers" in proc.stdout
 
 
-def config_text(dsn: str, pool_size: int | None, server: str = "") -> str:
-    """The service's configuration; `server` holds extra lines of its [server] table."""
+def config_text(
+    dsn: str, pool_size: int | None, server: str = "", max_inflight: int | None = None
+) -> str:
+    """The service's configuration; `server` holds extra lines of its [server] table,
+    `max_inflight` sets writer.max_inflight (else the service's default)."""
 
     def q(text: str) -> str:
         return json.dumps(text)  # a JSON string is a TOML basic string
@@ -60,11 +63,12 @@ def config_text(dsn: str, pool_size: int | None, server: str = "") -> str:
     from service.embedded import RUNTIME_ROLE
 
     pool = f"pool_max_size = {pool_size}\n" if pool_size else ""
+    writer = "" if max_inflight is None else f"[writer]\nmax_inflight = {max_inflight}\n\n"
     # As in production: the service works as the runtime role, migrates as the owner.
     head = f"[server]\n{server}\n" if server else ""
     return head + (
         f"[database]\nurl = {q(with_user(dsn, RUNTIME_ROLE))}\nowner_url = {q(dsn)}\n{pool}\n"
-        f"[integrity]\nchain_key = {q(CHAIN_KEY)}\n\n"
+        f"[integrity]\nchain_key = {q(CHAIN_KEY)}\n\n{writer}"
         f'[[providers]]\nname = "medioot"\nprotocol = "medioot"\nsecret = {q(MEDIOOT_SECRET)}\n\n'
         f'[[api_keys]]\nname = "bench"\nkey = {q(READ_KEY)}\nscopes = ["read"]\n\n'
         f"[[api_keys]]\nname = {q(SPEND_KEY_NAME)}\nkey = {q(SPEND_KEY)}\n"
@@ -156,13 +160,18 @@ def served_ms(log: Path, window: tuple[float, float], prefix: str) -> list[float
 
 @contextlib.asynccontextmanager
 async def service(
-    dsn: str, log: Path, workers: int | None, pool_size: int | None, server: str = ""
+    dsn: str,
+    log: Path,
+    workers: int | None,
+    pool_size: int | None,
+    server: str = "",
+    max_inflight: int | None = None,
 ) -> AsyncIterator[Running]:
     """The service on database `dsn`, listening on a free port until the block ends; `server`
     holds extra lines of its [server] table."""
     config = log.with_suffix(".toml")
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(config_text(dsn, pool_size, server), encoding="utf-8")
+    config.write_text(config_text(dsn, pool_size, server, max_inflight), encoding="utf-8")
     args = [sys.executable, "-m", "service", "serve", "--config", str(config)]
     args += ["--host", HOST, "--port", "{port}"]
     if workers is not None:

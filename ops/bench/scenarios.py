@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 from collections.abc import Awaitable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -132,6 +133,11 @@ class Bench:
     profiles: dict[str, list[Path]] = field(default_factory=dict)  # stacks' files by scenario
     profile_failures: list[str] = field(default_factory=list)
 
+    def service(self, dsn: str, log: Path) -> AbstractAsyncContextManager[procs.Running]:
+        """The service as this benchmark runs it: --workers, --pool-size, --max-inflight."""
+        a = self.args
+        return procs.service(dsn, log, self.workers, a.pool_size, max_inflight=a.max_inflight)
+
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
 
@@ -201,7 +207,7 @@ class Bench:
         self, dsn: str, label: str, profiled: str = ""
     ) -> tuple[loadgen.Result, list[str]]:
         log = self.log(label)
-        async with procs.service(dsn, log, self.workers, self.args.pool_size) as server:
+        async with self.service(dsn, log) as server:
             items, subids = self.postbacks(server.port, self.capacity())
             await pgtools.checkpoint(dsn)
             result = await self.closed("service", server, items, profiled)
@@ -210,7 +216,7 @@ class Bench:
 
     async def debit(self, dsn: str, label: str) -> loadgen.Result:
         log = self.log(label)
-        async with procs.service(dsn, log, self.workers, self.args.pool_size) as server:
+        async with self.service(dsn, log) as server:
             items, _ = debits(self.rng, self.args.users, server.port, self.capacity())
             await pgtools.checkpoint(dsn)
             a = self.args
@@ -236,7 +242,7 @@ class Bench:
 
     async def rate(self, dsn: str, label: str, rate: float) -> loadgen.Result:
         a, log = self.args, self.log(label)
-        async with procs.service(dsn, log, self.workers, a.pool_size) as server:
+        async with self.service(dsn, log) as server:
             items, _ = self.postbacks(server.port, int(rate * (a.warmup + a.duration)) + 1)
             await pgtools.checkpoint(dsn)
             n = a.clients * OPEN_LOOP_CONNECTIONS
@@ -257,7 +263,7 @@ class Bench:
         samples: dict[int, list[tuple[float, float]]] = {}
         dsn = await self.server.create("soak")
         try:
-            async with procs.service(dsn, log, self.workers, a.pool_size) as server:
+            async with self.service(dsn, log) as server:
                 total = int(rate * seconds) + 1
                 items = LazyPostbacks(self.rng, a.users, server.port, total)
                 await pgtools.checkpoint(dsn)
@@ -415,7 +421,7 @@ class Bench:
             order = list(users)
             self.rng.shuffle(order)
             log = self.log(f"run{n}-reads")
-            async with procs.service(ingest_dsn, log, self.workers, a.pool_size) as server:
+            async with self.service(ingest_dsn, log) as server:
                 items = self.reads(server.port, order, self.capacity())
                 result = await self.closed("service", server, items, "reads")
             await self.served(result, log, "/v1/wallets/")

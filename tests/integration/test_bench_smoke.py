@@ -55,7 +55,15 @@ def test_quick_bench_prints_every_row(admin_dsn: str) -> None:
     removed = ("DATABASE_URL", "LEDGER_CONFIG", "BENCH_DATABASE_URL")
     env = {k: v for k, v in os.environ.items() if k not in removed}
     proc = subprocess.Popen(
-        [sys.executable, "ops/bench/bench.py", "--quick", "--database-url", admin_dsn],
+        [
+            sys.executable,
+            "ops/bench/bench.py",
+            "--quick",
+            "--database-url",
+            admin_dsn,
+            "--max-inflight",
+            "3",
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -83,6 +91,7 @@ def test_quick_bench_prints_every_row(admin_dsn: str) -> None:
             assert TARGETS[label] in line, line
             assert line.endswith((" PASS", " MISS")), line
     assert "verify: ok" in out
+    assert "writer.max_inflight: 3" in out, out  # the service ran with the flag's setting
     # Two workers each, their RSS stated; the soak sampled each of them.
     ingest = next(ln for ln in out.splitlines() if "ingest (service, empty log):" in ln)
     assert "max RSS per worker, MiB: " in ingest and ingest.count(".") >= 2, ingest

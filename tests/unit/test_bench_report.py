@@ -6,10 +6,13 @@ from __future__ import annotations
 import importlib
 import math
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from service.settings import parse
 
 BENCH = Path(__file__).resolve().parents[2] / "ops" / "bench"
 
@@ -84,3 +87,14 @@ def test_the_bare_baseline_answers_the_services_wallet_fields() -> None:
     bare_server = bench("bare_server")
     assert bare_server.WalletBody.__struct_fields__ == WalletBody.__struct_fields__
     assert bare_server._WALLET is _WALLET
+
+
+@pytest.mark.parametrize("max_inflight", [None, 1, 3])
+def test_the_service_configuration_sets_the_writer_only_when_asked(
+    max_inflight: int | None,
+) -> None:
+    procs = bench("procs")
+    text = procs.config_text("postgresql://u@127.0.0.1/d", None, max_inflight=max_inflight)
+    writer = parse(tomllib.loads(text), {}).writer
+    assert writer.max_inflight == (0 if max_inflight is None else max_inflight)
+    assert ("[writer]" in text) == (max_inflight is not None)
