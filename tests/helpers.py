@@ -146,6 +146,18 @@ async def events_of(pool: Any, user: str) -> list[Event]:
     return await read.wallet_events(pool, user, 0, 100_000)
 
 
+async def set_event_amount(pool: Any, position: int, amount: str) -> None:
+    """Set event `position`'s amount (a numeric's text) as only a superuser can: with the log's
+    append-only trigger switched off for the transaction. The edit a tamper test makes, and the
+    one that undoes it."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("ALTER TABLE events DISABLE TRIGGER events_append_only")
+        await conn.execute(
+            "UPDATE events SET amount = $2::numeric WHERE position = $1", position, amount
+        )
+        await conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
+
+
 def medioot_wall() -> Any:
     """Medioot's protocol (its built-in profile) as the write path's tests call it."""
     from service.providers import profile

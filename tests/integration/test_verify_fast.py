@@ -287,18 +287,10 @@ async def test_an_edited_event_is_named_alike(
     positions = await append(pool, specs)
     position = positions[which % len(positions)]
     before = await pool.fetchval("SELECT amount::text FROM events WHERE position = $1", position)
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("ALTER TABLE events DISABLE TRIGGER events_append_only")
-        await conn.execute("UPDATE events SET amount = amount + 1 WHERE position = $1", position)
-        await conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
+    await helpers.set_event_amount(pool, position, str(Decimal(before) + 1))
     try:
         report = await same_reports(pool)
         assert any(f"event {position} " in line for line in report.differences)
     finally:
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("ALTER TABLE events DISABLE TRIGGER events_append_only")
-            await conn.execute(
-                "UPDATE events SET amount = $2::numeric WHERE position = $1", position, before
-            )
-            await conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
+        await helpers.set_event_amount(pool, position, before)
     assert (await same_reports(pool)).ok

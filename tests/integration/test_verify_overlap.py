@@ -3,6 +3,7 @@ report as on one connection, from the same snapshot, the second connection close
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -66,20 +67,14 @@ async def test_an_edited_event_is_named_alike_on_two_connections(
 ) -> None:
     positions = await append(pool, [{"type": "debited", "user": "a", "amount": "1", "hold": "h1",
                                      "end": None, "test": False}])  # fmt: skip
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("ALTER TABLE events DISABLE TRIGGER events_append_only")
-        await conn.execute("UPDATE events SET amount = amount + 1 WHERE position = $1", *positions)
-        await conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
+    (position,) = positions
+    before = await pool.fetchval("SELECT amount::text FROM events WHERE position = $1", position)
+    await helpers.set_event_amount(pool, position, str(Decimal(before) + 1))
     try:
         report = await both_ways(pool, database_url)
-        assert any(f"event {positions[0]} " in line for line in report.differences)
+        assert any(f"event {position} " in line for line in report.differences)
     finally:
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("ALTER TABLE events DISABLE TRIGGER events_append_only")
-            await conn.execute(
-                "UPDATE events SET amount = amount - 1 WHERE position = $1", *positions
-            )
-            await conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
+        await helpers.set_event_amount(pool, position, before)
     assert (await both_ways(pool, database_url)).ok
 
 
