@@ -74,7 +74,7 @@ async def check_chains(conn: asyncpg.Connection, key: ChainKey, boundary: int | 
                 )
                 and user not in broken
             ):
-                problem = chain_problem(
+                problem = chain.problem(
                     version, prev, stored, hashed, key, last.get(user), first_keyed
                 )
                 if problem:
@@ -92,30 +92,3 @@ async def check_chains(conn: asyncpg.Connection, key: ChainKey, boundary: int | 
     result.events, result.unkeyed, result.head_events = events, unkeyed, head_events
     result.heads = {user: "" if h is None else h.hex() for user, h in below.items()}
     return result
-
-
-def chain_problem(
-    version: int,
-    prev: bytes | None,
-    stored: bytes | None,
-    body: bytes,
-    key: ChainKey,
-    head: bytes | None,
-    first_keyed: int | None,
-) -> str:
-    """What is wrong with one event's hash (empty: nothing), judged as `replay` judges it:
-    `body` is its hashed bytes without the previous hash, `head` its user's previous hash."""
-    if stored is None:
-        return "has no hash (written before hash chains existed)"
-    if version == chain.UNKEYED and first_keyed is not None:
-        # Once the chain key is in use, every new event is keyed: an unkeyed one after that was
-        # written by someone without the key.
-        return f"has an unkeyed hash, but keyed hashes began at event {first_keyed}"
-    expected = chain.expected_hash(version, (prev or b"") + body, key)
-    if expected is None:
-        return f"has an unknown chain version {version}"
-    if expected != stored:
-        return "its hash does not match its contents"
-    if prev != head:
-        return "does not chain to the previous event of its user"
-    return ""

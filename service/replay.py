@@ -6,7 +6,6 @@ projections; `rebuild` writes it in their place; checkpoints take the chain head
 from __future__ import annotations
 
 import datetime as dt
-import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -43,9 +42,10 @@ class Replay:
     head_events: int = 0
 
 
-def _message(event: Event, c: read.Chained) -> bytes:
+def _body(event: Event, c: read.Chained) -> bytes:
+    """The event's hashed bytes without the previous hash."""
     return chain.message(
-        c.prev_hash,
+        None,
         position=event.position,
         provider=event.provider,
         key=event.key,
@@ -78,7 +78,9 @@ async def replay(
             first_keyed = event.position
         if user not in broken:
             # Only the first break of each user's chain is named: later events chain to it.
-            problem = _chain_problem(event, c, key, heads.get(user), first_keyed)
+            problem = chain.problem(
+                c.chain, c.prev_hash, c.hash, _body(event, c), key, heads.get(user), first_keyed
+            )
             if problem:
                 broken.add(user)
                 result.chain_breaks.append(f"event {event.position} (user {user!r}): {problem}")
@@ -128,22 +130,3 @@ def _fold(result: Replay, event: Event) -> None:
         result.holds[hold] = holds.apply(result.holds.get(hold), event)
         result.hold_last[hold] = event.position
         result.hold_at[hold] = event.recorded_at
-
-
-def _chain_problem(
-    event: Event, c: read.Chained, key: ChainKey, head: bytes | None, first_keyed: int | None
-) -> str:
-    if c.hash is None:
-        return "has no hash (written before hash chains existed)"
-    if c.chain == chain.UNKEYED and first_keyed is not None:
-        # Once the chain key is in use, every new event is keyed: an unkeyed one after that was
-        # written by someone without the key.
-        return f"has an unkeyed hash, but keyed hashes began at event {first_keyed}"
-    expected = chain.expected_hash(c.chain, _message(event, c), key)
-    if expected is None:
-        return f"has an unknown chain version {c.chain}"
-    if not hmac.compare_digest(expected, c.hash):
-        return "its hash does not match its contents"
-    if c.prev_hash != head:
-        return "does not chain to the previous event of its user"
-    return ""

@@ -144,3 +144,32 @@ def expected_hash(chain: int, body: bytes, key: ChainKey) -> bytes | None:
     if chain == UNKEYED:
         return hashlib.sha256(body).digest()
     return None
+
+
+def problem(
+    version: int,
+    prev: bytes | None,
+    stored: bytes | None,
+    body: bytes,
+    key: ChainKey,
+    head: bytes | None,
+    first_keyed: int | None,
+) -> str:
+    """What is wrong with one event's hash (empty: nothing): `version` its chain, `prev` and
+    `stored` its previous hash and its own as the log holds them, `body` its hashed bytes
+    without the previous hash (`body`, or `message` without one), `head` the hash of its user's
+    previous event, `first_keyed` the first keyed event of the log so far."""
+    if stored is None:
+        return "has no hash (written before hash chains existed)"
+    if version == UNKEYED and first_keyed is not None:
+        # Once the chain key is in use, every new event is keyed: an unkeyed one after that was
+        # written by someone without the key.
+        return f"has an unkeyed hash, but keyed hashes began at event {first_keyed}"
+    expected = expected_hash(version, (prev or b"") + body, key)
+    if expected is None:
+        return f"has an unknown chain version {version}"
+    if not hmac.compare_digest(expected, stored):
+        return "its hash does not match its contents"
+    if prev != head:
+        return "does not chain to the previous event of its user"
+    return ""
