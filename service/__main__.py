@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TextIO
 
 from . import logs
@@ -157,6 +158,12 @@ def _checkpoint_file(path: str, key: ChainKey) -> Checkpoint:
     return checkpoint
 
 
+def _read_only(dsn: str) -> Callable[[], Awaitable[asyncpg.Connection]]:
+    """Opens a read-only connection to `dsn` each time it is called: verify's first, and the
+    second it checks the projections on."""
+    return functools.partial(connection.connect, dsn, server_settings=connection.READ_ONLY)
+
+
 async def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from .app import database
     from .verify import verify
@@ -165,10 +172,7 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
     checkpoint = _checkpoint_file(args.checkpoint, key) if args.checkpoint else None
     # Read-only: no migration (which would also switch a disabled trigger back on and hide it).
     async with database(settings, migrate=False) as dsns:
-
-        def connect() -> Awaitable[asyncpg.Connection]:
-            return connection.connect(dsns.runtime, server_settings=connection.READ_ONLY)
-
+        connect = _read_only(dsns.runtime)
         conn = await connect()
         try:
             report = await verify(conn, key, checkpoint=checkpoint, connect=connect)
@@ -184,10 +188,7 @@ async def _checkpoint(settings: Settings, args: argparse.Namespace) -> int:
 
     key = ChainKey(settings.chain_key())
     async with database(settings, migrate=False) as dsns:
-
-        def connect() -> Awaitable[asyncpg.Connection]:
-            return connection.connect(dsns.runtime, server_settings=connection.READ_ONLY)
-
+        connect = _read_only(dsns.runtime)
         conn = await connect()
         try:
             report, checkpoint = await take_checkpoint(conn, key, connect=connect)
